@@ -1,0 +1,474 @@
+"""``quart db ...``: Flask-Migrate's ``flask db`` commands and options, for Quart apps.
+
+Each command loads the app, runs one coroutine in one event loop (``asyncio.run``) inside the app context,
+and prints; the work is done by :class:`~async_migrate.migrator.Migrator`. Errors print one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+from quart import Quart
+from quart.cli import ScriptInfo
+
+from .errors import AsyncMigrateError, ModelsDifferError
+from .extension import MigrateState, _state, engine_of
+from .migrator import Migrator
+
+T = TypeVar("T")
+
+_DIRECTORY = "async_migrate.directory"
+_X_ARG = "async_migrate.x_arg"
+
+DIRECTORY_HELP = 'Migration script directory (default is "migrations")'
+X_ARG_HELP = "Additional arguments consumed by custom env.py scripts"
+
+
+def _run(
+    ctx: click.Context,
+    action: Callable[[Migrator], Awaitable[T]],
+    directory: str | None = None,
+    x_arg: Sequence[str] | None = None,
+) -> T:
+    """Load the app and run ``action`` on its Migrator in one event loop, inside the app context."""
+    script_info = ctx.find_object(ScriptInfo) or ScriptInfo()
+    app: Quart = script_info.load_app()
+    state = _state(app)
+    directory = directory or ctx.meta.get(_DIRECTORY)
+    x_args = [*ctx.meta.get(_X_ARG, ()), *(x_arg or ())]
+    _show_progress()
+
+    async def main() -> T:
+        async with app.app_context():
+            migrator = state.migrator(app, directory, x_args)
+            try:
+                return await action(migrator)
+            finally:
+                await migrator.aclose()
+                await _dispose_app_engine(state)
+
+    try:
+        return asyncio.run(main())
+    except ModelsDifferError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        ctx.exit(1)
+    except AsyncMigrateError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+async def _dispose_app_engine(state: MigrateState) -> None:
+    # The pool's connections belong to this command's event loop, which ends with the command.
+    for source in (state.engine_source, getattr(state.db, "engine", None)):
+        if source is not None:
+            try:
+                engine = engine_of(source)
+            except AsyncMigrateError:
+                engine = None
+            if engine is not None:
+                await engine.dispose()
+
+
+def _show_progress() -> None:
+    """Show Alembic's and our INFO lines on stderr, as ``alembic`` does, unless the app set up logging."""
+    for name in ("alembic", "async_migrate"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+    if not logging.getLogger().handlers and not any(
+        logging.getLogger(n).handlers for n in ("alembic", "async_migrate")
+    ):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)-5.5s [%(name)s] %(message)s"))
+        for name in ("alembic", "async_migrate"):
+            logging.getLogger(name).addHandler(handler)
+
+
+@click.group()
+@click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
+@click.option("-x", "--x-arg", multiple=True, help=X_ARG_HELP)
+@click.pass_context
+def db(ctx: click.Context, directory: str | None, x_arg: tuple[str, ...]) -> None:
+    """Perform database migrations."""
+    # No app context exists in a group callback: the options travel on the click context.
+    ctx.meta[_DIRECTORY] = directory
+    ctx.meta[_X_ARG] = x_arg
+
+
+@db.command("list-templates")
+@click.pass_context
+def list_templates(ctx: click.Context) -> None:
+    """List available templates."""
+    _run(ctx, lambda m: m.list_templates())
+
+
+@db.command()
+@click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
+@click.option("--multidb", is_flag=True, help="Support multiple databases (not available yet)")
+@click.option(
+    "-t", "--template", default=None, help='Repository template to use (default is "async")'
+)
+@click.option(
+    "--package",
+    is_flag=True,
+    help="Write empty __init__.py files to the environment and version locations",
+)
+@click.pass_context
+def init(
+    ctx: click.Context, directory: str | None, multidb: bool, template: str | None, package: bool
+) -> None:
+    """Creates a new migration repository."""
+    if multidb:
+        raise click.ClickException(
+            "--multidb is not supported yet: use one migrations folder per database."
+        )
+    _run(ctx, lambda m: m.init(template, package), directory)
+
+
+def _revision_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.option("-d", "--directory", default=None, help=DIRECTORY_HELP),
+            click.option("-m", "--message", default=None, help="Revision message"),
+            click.option(
+                "--sql",
+                is_flag=True,
+                help="Don't emit SQL to database - dump to standard output instead",
+            ),
+            click.option(
+                "--head",
+                default="head",
+                help="Specify head revision or <branchname>@head to base new revision on",
+            ),
+            click.option(
+                "--splice",
+                is_flag=True,
+                help='Allow a non-head revision as the "head" to splice onto',
+            ),
+            click.option(
+                "--branch-label",
+                default=None,
+                help="Specify a branch label to apply to the new revision",
+            ),
+            click.option(
+                "--version-path",
+                default=None,
+                help="Specify specific path from config for version file",
+            ),
+            click.option(
+                "--rev-id",
+                default=None,
+                help="Specify a hardcoded revision id instead of generating one",
+            ),
+            click.option("-x", "--x-arg", multiple=True, help=X_ARG_HELP),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+@db.command()
+@_revision_options
+@click.option(
+    "--autogenerate",
+    is_flag=True,
+    help="Populate revision script with candidate migration operations, based on comparison of database to model",
+)
+@click.pass_context
+def revision(
+    ctx: click.Context,
+    directory: str | None,
+    message: str | None,
+    sql: bool,
+    head: str,
+    splice: bool,
+    branch_label: str | None,
+    version_path: str | None,
+    rev_id: str | None,
+    x_arg: tuple[str, ...],
+    autogenerate: bool,
+) -> None:
+    """Create a new revision file."""
+    _run(
+        ctx,
+        lambda m: m.revision(
+            message, autogenerate, sql, head, splice, branch_label, version_path, rev_id
+        ),
+        directory,
+        x_arg,
+    )
+
+
+@db.command()
+@_revision_options
+@click.option("--autogenerate", is_flag=True, hidden=True, help="Always on for migrate")
+@click.pass_context
+def migrate(
+    ctx: click.Context,
+    directory: str | None,
+    message: str | None,
+    sql: bool,
+    head: str,
+    splice: bool,
+    branch_label: str | None,
+    version_path: str | None,
+    rev_id: str | None,
+    x_arg: tuple[str, ...],
+    autogenerate: bool,
+) -> None:
+    """Autogenerate a new revision file (Alias for 'revision --autogenerate')"""
+    script = _run(
+        ctx,
+        lambda m: m.migrate(message, sql, head, splice, branch_label, version_path, rev_id),
+        directory,
+        x_arg,
+    )
+    if script is None and not sql:
+        click.echo("No changes in schema detected; no revision file written.")
+
+
+@db.command()
+@click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
+@click.argument("revision", default="head")
+@click.pass_context
+def edit(ctx: click.Context, directory: str | None, revision: str) -> None:
+    """Edit a revision file"""
+    _run(ctx, lambda m: m.edit(revision), directory)
+
+
+@db.command()
+@click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
+@click.option("-m", "--message", default=None, help="Merge revision message")
+@click.option(
+    "--branch-label", default=None, help="Specify a branch label to apply to the new revision"
+)
+@click.option(
+    "--rev-id", default=None, help="Specify a hardcoded revision id instead of generating one"
+)
+@click.argument("revisions", nargs=-1)
+@click.pass_context
+def merge(
+    ctx: click.Context,
+    directory: str | None,
+    message: str | None,
+    branch_label: str | None,
+    rev_id: str | None,
+    revisions: tuple[str, ...],
+) -> None:
+    """Merge two revisions together, creating a new revision file"""
+    _run(
+        ctx, lambda m: m.merge(list(revisions) or "heads", message, branch_label, rev_id), directory
+    )
+
+
+def _lock_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--lock-timeout",
+        type=float,
+        default=None,
+        help="Seconds to wait for another migrator's lock (default: MIGRATE_LOCK_TIMEOUT, 60)",
+    )(f)
+    return click.option(
+        "--no-lock",
+        is_flag=True,
+        help="Don't take the migration lock (for databases where it cannot work)",
+    )(f)
+
+
+def _lock_overrides(no_lock: bool, lock_timeout: float | None) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if no_lock:
+        overrides["lock"] = False
+    if lock_timeout is not None:
+        overrides["lock_timeout"] = lock_timeout
+    return overrides
+
+
+def _locked_run(
+    ctx: click.Context,
+    action: Callable[[Migrator], Awaitable[T]],
+    directory: str | None,
+    x_arg: Sequence[str] | None,
+    overrides: dict[str, Any],
+) -> T:
+    def apply(migrator: Migrator) -> Awaitable[T]:
+        for name, value in overrides.items():
+            setattr(migrator, name, value)
+        return action(migrator)
+
+    return _run(ctx, apply, directory, x_arg)
+
+
+@db.command()
+@click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
+@click.option(
+    "--sql", is_flag=True, help="Don't emit SQL to database - dump to standard output instead"
+)
+@click.option(
+    "--tag", default=None, help='Arbitrary "tag" name - can be used by custom env.py scripts'
+)
+@click.option("-x", "--x-arg", multiple=True, help=X_ARG_HELP)
+@_lock_options
+@click.argument("revision", default="head")
+@click.pass_context
+def upgrade(
+    ctx: click.Context,
+    directory: str | None,
+    sql: bool,
+    tag: str | None,
+    x_arg: tuple[str, ...],
+    no_lock: bool,
+    lock_timeout: float | None,
+    revision: str,
+) -> None:
+    """Upgrade to a later version"""
+    _locked_run(
+        ctx,
+        lambda m: m.upgrade(revision, sql, tag),
+        directory,
+        x_arg,
+        _lock_overrides(no_lock, lock_timeout),
+    )
+
+
+@db.command()
+@click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
+@click.option(
+    "--sql", is_flag=True, help="Don't emit SQL to database - dump to standard output instead"
+)
+@click.option(
+    "--tag", default=None, help='Arbitrary "tag" name - can be used by custom env.py scripts'
+)
+@click.option("-x", "--x-arg", multiple=True, help=X_ARG_HELP)
+@_lock_options
+@click.argument("revision", default="-1")
+@click.pass_context
+def downgrade(
+    ctx: click.Context,
+    directory: str | None,
+    sql: bool,
+    tag: str | None,
+    x_arg: tuple[str, ...],
+    no_lock: bool,
+    lock_timeout: float | None,
+    revision: str,
+) -> None:
+    """Revert to a previous version"""
+    _locked_run(
+        ctx,
+        lambda m: m.downgrade(revision, sql, tag),
+        directory,
+        x_arg,
+        _lock_overrides(no_lock, lock_timeout),
+    )
+
+
+@db.command()
+@click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
+@click.argument("revision", default="head")
+@click.pass_context
+def show(ctx: click.Context, directory: str | None, revision: str) -> None:
+    """Show the revision denoted by the given symbol."""
+    _run(ctx, lambda m: m.show(revision), directory)
+
+
+@db.command()
+@click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
+@click.option(
+    "-r", "--rev-range", default=None, help="Specify a revision range; format is [start]:[end]"
+)
+@click.option("-v", "--verbose", is_flag=True, help="Use more verbose output")
+@click.option(
+    "-i", "--indicate-current", is_flag=True, help="Indicate current version (Alembic>=0.9.9)"
+)
+@click.pass_context
+def history(
+    ctx: click.Context,
+    directory: str | None,
+    rev_range: str | None,
+    verbose: bool,
+    indicate_current: bool,
+) -> None:
+    """List changeset scripts in chronological order."""
+    _run(ctx, lambda m: m.history(rev_range, verbose, indicate_current), directory)
+
+
+@db.command()
+@click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
+@click.option("-v", "--verbose", is_flag=True, help="Use more verbose output")
+@click.option(
+    "--resolve-dependencies", is_flag=True, help="Treat dependency versions as down revisions"
+)
+@click.pass_context
+def heads(
+    ctx: click.Context, directory: str | None, verbose: bool, resolve_dependencies: bool
+) -> None:
+    """Show current available heads in the script directory"""
+    _run(ctx, lambda m: m.heads(verbose, resolve_dependencies), directory)
+
+
+@db.command()
+@click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
+@click.option("-v", "--verbose", is_flag=True, help="Use more verbose output")
+@click.pass_context
+def branches(ctx: click.Context, directory: str | None, verbose: bool) -> None:
+    """Show current branch points"""
+    _run(ctx, lambda m: m.branches(verbose), directory)
+
+
+@db.command()
+@click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
+@click.option("-v", "--verbose", is_flag=True, help="Use more verbose output")
+@click.pass_context
+def current(ctx: click.Context, directory: str | None, verbose: bool) -> None:
+    """Display the current revision for each database."""
+    _run(ctx, lambda m: m.current(verbose), directory)
+
+
+@db.command()
+@click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
+@click.option(
+    "--sql", is_flag=True, help="Don't emit SQL to database - dump to standard output instead"
+)
+@click.option(
+    "--tag", default=None, help='Arbitrary "tag" name - can be used by custom env.py scripts'
+)
+@click.option(
+    "--purge", is_flag=True, help="Delete all entries in the version table before stamping"
+)
+@_lock_options
+@click.argument("revision", nargs=-1)
+@click.pass_context
+def stamp(
+    ctx: click.Context,
+    directory: str | None,
+    sql: bool,
+    tag: str | None,
+    purge: bool,
+    no_lock: bool,
+    lock_timeout: float | None,
+    revision: tuple[str, ...],
+) -> None:
+    """'stamp' the revision table with the given revision; don't run any migrations"""
+    target: str | list[str] = (
+        list(revision) if len(revision) > 1 else (revision[0] if revision else "head")
+    )
+    _locked_run(
+        ctx,
+        lambda m: m.stamp(target, sql, tag, purge),
+        directory,
+        None,
+        _lock_overrides(no_lock, lock_timeout),
+    )
+
+
+@db.command()
+@click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
+@click.pass_context
+def check(ctx: click.Context, directory: str | None) -> None:
+    """Check if there are any new operations to migrate"""
+    _run(ctx, lambda m: m.check(), directory)

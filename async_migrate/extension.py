@@ -1,0 +1,504 @@
+"""The Quart glue: :class:`Migrate` (Flask-Migrate's extension, async), the startup auto-upgrade hook,
+the optional ``/healthz`` blueprint, and module-level ``await upgrade()``-style functions for the current app.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from alembic.config import Config
+from alembic.script import Script
+from quart import Blueprint, Quart, current_app
+from sqlalchemy import MetaData
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from .errors import AsyncMigrateError, ConfigurationError, UnknownRevisionError
+from .migrator import ConfigureCallback, MigrationStatus, Migrator
+
+__all__ = [
+    "Migrate",
+    "MigrateState",
+    "branches",
+    "check",
+    "current",
+    "downgrade",
+    "edit",
+    "heads",
+    "history",
+    "init",
+    "list_templates",
+    "merge",
+    "migrate",
+    "revision",
+    "show",
+    "stamp",
+    "upgrade",
+]
+
+log = logging.getLogger("async_migrate")
+
+EngineSource = AsyncEngine | async_sessionmaker[Any] | Callable[[], Any]
+
+# Settings read from app.config when not given to Migrate()/init_app(), with their defaults.
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "MIGRATE_AUTO_UPGRADE": False,
+    "MIGRATE_UPGRADE_TARGET": "head",
+    "MIGRATE_LOCK": True,
+    "MIGRATE_LOCK_TIMEOUT": 60.0,
+    "MIGRATE_CONNECT_TIMEOUT": 30.0,
+    "MIGRATE_ALLOW_DB_AHEAD": False,
+    "MIGRATE_HEALTHZ": False,
+}
+
+
+def metadata_of(db: Any) -> MetaData | None:
+    """The MetaData that ``db`` stands for: a MetaData, or anything with a ``.metadata`` (a declarative base
+    class, a ``db`` object)."""
+    if db is None or isinstance(db, MetaData):
+        return db
+    metadata = getattr(db, "metadata", None)
+    if isinstance(metadata, MetaData):
+        return metadata
+    raise ConfigurationError(
+        f"Migrate cannot use db={db!r} ({type(db).__name__}): pass a sqlalchemy.MetaData, a declarative base "
+        "class (anything with a .metadata that is a MetaData), or an object with .metadata and .engine."
+    )
+
+
+def engine_of(source: Any) -> AsyncEngine | None:
+    """The AsyncEngine behind ``source``: an AsyncEngine, an async_sessionmaker (its bind), or a zero-argument
+    callable returning either. None when the source yields none (yet)."""
+    if callable(source) and not isinstance(source, (AsyncEngine, async_sessionmaker)):
+        source = source()
+    if source is None or isinstance(source, AsyncEngine):
+        return source
+    if isinstance(source, async_sessionmaker):
+        bind = source.kw.get("bind")
+        if isinstance(bind, AsyncEngine):
+            return bind
+        raise ConfigurationError(
+            "The async_sessionmaker given as engine has no AsyncEngine bind: create it with "
+            "async_sessionmaker(engine) or pass the engine itself."
+        )
+    raise ConfigurationError(
+        f"engine must be an AsyncEngine, an async_sessionmaker or a callable returning one, not "
+        f"{type(source).__name__}."
+    )
+
+
+@dataclass
+class MigrateState:
+    """What :meth:`Migrate.init_app` keeps for one app, as ``app.extensions["migrate"]``."""
+
+    migrate: Migrate
+    db: Any
+    directory: str
+    configure_args: dict[str, Any]
+    engine_source: Any = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    migrating: bool = False
+
+    @property
+    def metadata(self) -> MetaData | None:
+        return metadata_of(self.db)
+
+    def engine(self, app: Quart) -> AsyncEngine | str:
+        """The app's own engine if it has one, else its ``SQLALCHEMY_DATABASE_URI``."""
+        for source in (self.engine_source, getattr(self.db, "engine", None)):
+            if source is not None:
+                engine = engine_of(source)
+                if engine is not None:
+                    return engine
+        url = app.config.get("SQLALCHEMY_DATABASE_URI")
+        if url:
+            return str(url)
+        if self.engine_source is not None:
+            raise ConfigurationError(
+                "The engine callable given to Migrate returned None: the engine does not exist yet. Create "
+                "it before Migrate's startup hook runs (register your own before_serving hook before calling "
+                "Migrate()/init_app()), or set SQLALCHEMY_DATABASE_URI."
+            )
+        raise ConfigurationError(
+            "Migrate has no database: pass engine= (an AsyncEngine, async_sessionmaker or a callable "
+            "returning one), a db with an .engine, or set app.config['SQLALCHEMY_DATABASE_URI'] "
+            "(e.g. sqlite+aiosqlite:///app.db)."
+        )
+
+    def migrator(
+        self,
+        app: Quart,
+        directory: str | None = None,
+        x_arg: Sequence[str] | None = None,
+        stdout: TextIO | None = sys.stdout,
+        **overrides: Any,
+    ) -> Migrator:
+        options: dict[str, Any] = {
+            "lock": self.settings["MIGRATE_LOCK"],
+            "lock_timeout": self.settings["MIGRATE_LOCK_TIMEOUT"],
+            "connect_timeout": 0.0,
+            **overrides,
+        }
+        return Migrator(
+            self.engine(app),
+            self.metadata,
+            directory or self.directory,
+            stdout=stdout,
+            configure=[self.migrate.call_configure_callbacks],
+            x_arg=list(x_arg or ()),
+            **options,
+            **self.configure_args,
+        )
+
+
+class Migrate:
+    """Alembic migrations for a Quart app, as Flask-Migrate's ``Migrate`` is for Flask.
+
+    ``db`` is a MetaData, a declarative base class (anything with ``.metadata``), or an object with
+    ``.metadata`` and ``.engine``. The engine comes from ``engine=`` (an AsyncEngine, an async_sessionmaker,
+    or a zero-argument callable returning one), else ``db.engine``, else ``SQLALCHEMY_DATABASE_URI``.
+    Further keyword arguments go to ``context.configure()`` in env.py.
+
+    Settings (keyword argument, else the app config key, else the default):
+
+    - ``auto_upgrade`` / ``MIGRATE_AUTO_UPGRADE`` (False): upgrade in a ``before_serving`` hook, behind the
+      migration lock; the app serves only once the database is at the target, and fails to start otherwise.
+    - ``upgrade_target`` / ``MIGRATE_UPGRADE_TARGET`` ("head"): the revision the startup upgrade goes to.
+    - ``lock`` / ``MIGRATE_LOCK`` (True): take the migration lock for upgrade, downgrade and stamp.
+    - ``lock_timeout`` / ``MIGRATE_LOCK_TIMEOUT`` (60): seconds to wait for another migrator.
+    - ``connect_timeout`` / ``MIGRATE_CONNECT_TIMEOUT`` (30): seconds the startup upgrade keeps retrying a
+      database that is still coming up.
+    - ``allow_db_ahead`` / ``MIGRATE_ALLOW_DB_AHEAD`` (False): serve when the database is at a revision these
+      scripts don't know (a newer release migrated it) instead of refusing to start.
+    - ``healthz`` / ``MIGRATE_HEALTHZ`` (False): register ``GET /healthz`` (or the path given as a string):
+      200 with the revision when the database is at head, 503 otherwise.
+    """
+
+    def __init__(
+        self,
+        app: Quart | None = None,
+        db: Any = None,
+        directory: str | Path = "migrations",
+        command: str = "db",
+        compare_type: bool = True,
+        render_as_batch: bool = True,
+        *,
+        engine: EngineSource | None = None,
+        auto_upgrade: bool | None = None,
+        upgrade_target: str | None = None,
+        lock: bool | None = None,
+        lock_timeout: float | None = None,
+        connect_timeout: float | None = None,
+        allow_db_ahead: bool | None = None,
+        healthz: bool | str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.configure_callbacks: list[ConfigureCallback] = []
+        self.db = db
+        self.command = command
+        self.directory = str(directory)
+        self.engine = engine
+        self.settings: dict[str, Any] = {
+            "MIGRATE_AUTO_UPGRADE": auto_upgrade,
+            "MIGRATE_UPGRADE_TARGET": upgrade_target,
+            "MIGRATE_LOCK": lock,
+            "MIGRATE_LOCK_TIMEOUT": lock_timeout,
+            "MIGRATE_CONNECT_TIMEOUT": connect_timeout,
+            "MIGRATE_ALLOW_DB_AHEAD": allow_db_ahead,
+            "MIGRATE_HEALTHZ": healthz,
+        }
+        self.alembic_ctx_kwargs = dict(kwargs)
+        self.alembic_ctx_kwargs["compare_type"] = compare_type
+        self.alembic_ctx_kwargs["render_as_batch"] = render_as_batch
+        if app is not None and (db is not None or engine is not None):
+            self.init_app(app, db, directory)
+
+    def init_app(
+        self,
+        app: Quart,
+        db: Any = None,
+        directory: str | Path | None = None,
+        command: str | None = None,
+        compare_type: bool | None = None,
+        render_as_batch: bool | None = None,
+        *,
+        engine: EngineSource | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Register the extension on ``app`` (the application-factory pattern)."""
+        self.db = db if db is not None else self.db
+        self.command = command or self.command
+        self.directory = str(directory or self.directory)
+        self.engine = engine if engine is not None else self.engine
+        ctx_kwargs = {**self.alembic_ctx_kwargs, **kwargs}
+        if compare_type is not None:
+            ctx_kwargs["compare_type"] = compare_type
+        if render_as_batch is not None:
+            ctx_kwargs["render_as_batch"] = render_as_batch
+        metadata_of(self.db)  # fail now, not at the first command, on a db we cannot use
+        if self.engine is not None and not callable(self.engine):
+            engine_of(self.engine)
+        settings = {
+            key: value if value is not None else app.config.get(key, CONFIG_DEFAULTS[key])
+            for key, value in self.settings.items()
+        }
+        state = MigrateState(self, self.db, self.directory, ctx_kwargs, self.engine, settings)
+        app.extensions["migrate"] = state
+
+        from .cli import db as db_cli_group
+
+        app.cli.add_command(db_cli_group, name=self.command)
+        if settings["MIGRATE_AUTO_UPGRADE"]:
+            app.before_serving(_auto_upgrade)
+        if settings["MIGRATE_HEALTHZ"]:
+            path = settings["MIGRATE_HEALTHZ"]
+            app.register_blueprint(healthz_blueprint(path if isinstance(path, str) else "/healthz"))
+
+    def configure(self, f: ConfigureCallback) -> ConfigureCallback:
+        """Decorator: ``f(config) -> config`` runs on the Alembic Config of every command."""
+        self.configure_callbacks.append(f)
+        return f
+
+    def call_configure_callbacks(self, config: Config) -> Config:
+        for f in self.configure_callbacks:
+            config = f(config)
+        return config
+
+    def get_config(
+        self,
+        directory: str | None = None,
+        x_arg: Sequence[str] | None = None,
+        opts: Sequence[str] | None = None,
+    ) -> Config:
+        """The Alembic Config the current app's commands use (as Flask-Migrate's ``get_config``)."""
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        migrator = _state(app).migrator(app, directory, x_arg)
+        return migrator.get_config(opts=opts)
+
+    async def status(self) -> MigrationStatus:
+        """Readiness of the current app's database: revision(s), heads, at head, migrating."""
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        state = _state(app)
+        migrator = state.migrator(app, stdout=None)
+        try:
+            found = await migrator.status()
+        finally:
+            await migrator.aclose()
+        if state.migrating and not found.migrating:
+            return MigrationStatus(found.current_heads, found.script_heads, True)
+        return found
+
+
+def _state(app: Quart) -> MigrateState:
+    state = app.extensions.get("migrate")
+    if not isinstance(state, MigrateState):
+        raise ConfigurationError(
+            "This app has no async_migrate extension: call Migrate(app, db) or migrate.init_app(app, db)."
+        )
+    return state
+
+
+async def _auto_upgrade() -> None:
+    """``before_serving`` hook: bring the schema to the target before the app serves, or fail startup."""
+    app: Quart = current_app._get_current_object()  # type: ignore[attr-defined]
+    state = _state(app)
+    target = state.settings["MIGRATE_UPGRADE_TARGET"]
+    migrator = state.migrator(
+        app, stdout=None, connect_timeout=float(state.settings["MIGRATE_CONNECT_TIMEOUT"])
+    )
+    state.migrating = True
+    try:
+        log.info("Startup upgrade of %s to %s", migrator.url, target)
+        applied = await migrator.upgrade(target)
+        log.info(
+            "Database %s ready at %s (%d revision(s) applied by this process)",
+            migrator.url,
+            target,
+            len(applied),
+        )
+    except UnknownRevisionError as exc:
+        if not state.settings["MIGRATE_ALLOW_DB_AHEAD"]:
+            log.error("Startup upgrade refused: %s", exc)
+            raise
+        log.warning(
+            "Serving although the database is at %s, unknown to these scripts (MIGRATE_ALLOW_DB_AHEAD): %s",
+            ", ".join(exc.revisions),
+            exc,
+        )
+    except AsyncMigrateError as exc:
+        log.error("Startup upgrade failed: %s", exc)
+        raise
+    finally:
+        state.migrating = False
+        await migrator.aclose()
+
+
+def healthz_blueprint(path: str = "/healthz") -> Blueprint:
+    """A blueprint with ``GET <path>``: 200 and the revision when the database is at head, else 503."""
+    blueprint = Blueprint("async_migrate_healthz", __name__)
+
+    @blueprint.get(path)
+    async def healthz() -> tuple[dict[str, Any], int]:
+        migrate: Migrate = _state(current_app._get_current_object()).migrate  # type: ignore[attr-defined]
+        try:
+            status = await migrate.status()
+        except AsyncMigrateError as exc:
+            return {"status": "error", "error": str(exc)}, 503
+        body = {
+            "status": "ok" if status.at_head else ("migrating" if status.migrating else "behind"),
+            "revision": list(status.current_heads),
+            "heads": list(status.script_heads),
+            "migrating": status.migrating,
+        }
+        return body, 200 if status.at_head else 503
+
+    return blueprint
+
+
+# -- Flask-Migrate's module-level functions, async, for the current app ---------------------------------------
+
+
+async def _run(directory: str | None, x_arg: Sequence[str] | None, action: Any) -> Any:
+    app: Quart = current_app._get_current_object()  # type: ignore[attr-defined]
+    migrator = _state(app).migrator(app, directory, x_arg)
+    try:
+        return await action(migrator)
+    finally:
+        await migrator.aclose()
+
+
+async def list_templates() -> list[tuple[str, str]]:
+    return await _run(None, None, lambda m: m.list_templates())  # type: ignore[no-any-return]
+
+
+async def init(
+    directory: str | None = None,
+    multidb: bool = False,
+    template: str | None = None,
+    package: bool = False,
+) -> None:
+    if multidb:
+        raise ConfigurationError("Multi-database environments (--multidb) are not supported yet.")
+    await _run(directory, None, lambda m: m.init(template, package))
+
+
+async def revision(
+    directory: str | None = None,
+    message: str | None = None,
+    autogenerate: bool = False,
+    sql: bool = False,
+    head: str = "head",
+    splice: bool = False,
+    branch_label: str | None = None,
+    version_path: str | None = None,
+    rev_id: str | None = None,
+    x_arg: Sequence[str] | None = None,
+) -> Script | None:
+    return await _run(  # type: ignore[no-any-return]
+        directory,
+        x_arg,
+        lambda m: m.revision(
+            message, autogenerate, sql, head, splice, branch_label, version_path, rev_id
+        ),
+    )
+
+
+async def migrate(
+    directory: str | None = None,
+    message: str | None = None,
+    sql: bool = False,
+    head: str = "head",
+    splice: bool = False,
+    branch_label: str | None = None,
+    version_path: str | None = None,
+    rev_id: str | None = None,
+    x_arg: Sequence[str] | None = None,
+) -> Script | None:
+    return await _run(  # type: ignore[no-any-return]
+        directory,
+        x_arg,
+        lambda m: m.migrate(message, sql, head, splice, branch_label, version_path, rev_id),
+    )
+
+
+async def edit(directory: str | None = None, revision: str = "current") -> None:
+    await _run(directory, None, lambda m: m.edit(revision))
+
+
+async def merge(
+    directory: str | None = None,
+    revisions: str | Sequence[str] = "",
+    message: str | None = None,
+    branch_label: str | None = None,
+    rev_id: str | None = None,
+) -> Script | None:
+    return await _run(  # type: ignore[no-any-return]
+        directory, None, lambda m: m.merge(revisions, message, branch_label, rev_id)
+    )
+
+
+async def upgrade(
+    directory: str | None = None,
+    revision: str = "head",
+    sql: bool = False,
+    tag: str | None = None,
+    x_arg: Sequence[str] | None = None,
+) -> tuple[str, ...]:
+    return await _run(directory, x_arg, lambda m: m.upgrade(revision, sql, tag))  # type: ignore[no-any-return]
+
+
+async def downgrade(
+    directory: str | None = None,
+    revision: str = "-1",
+    sql: bool = False,
+    tag: str | None = None,
+    x_arg: Sequence[str] | None = None,
+) -> tuple[str, ...]:
+    return await _run(directory, x_arg, lambda m: m.downgrade(revision, sql, tag))  # type: ignore[no-any-return]
+
+
+async def show(directory: str | None = None, revision: str = "head") -> tuple[Script, ...]:
+    return await _run(directory, None, lambda m: m.show(revision))  # type: ignore[no-any-return]
+
+
+async def history(
+    directory: str | None = None,
+    rev_range: str | None = None,
+    verbose: bool = False,
+    indicate_current: bool = False,
+) -> tuple[Script, ...]:
+    return await _run(  # type: ignore[no-any-return]
+        directory, None, lambda m: m.history(rev_range, verbose, indicate_current)
+    )
+
+
+async def heads(
+    directory: str | None = None, verbose: bool = False, resolve_dependencies: bool = False
+) -> tuple[str, ...]:
+    return await _run(directory, None, lambda m: m.heads(verbose, resolve_dependencies))  # type: ignore[no-any-return]
+
+
+async def branches(directory: str | None = None, verbose: bool = False) -> tuple[str, ...]:
+    return await _run(directory, None, lambda m: m.branches(verbose))  # type: ignore[no-any-return]
+
+
+async def current(directory: str | None = None, verbose: bool = False) -> tuple[str, ...]:
+    return await _run(directory, None, lambda m: m.current(verbose))  # type: ignore[no-any-return]
+
+
+async def stamp(
+    directory: str | None = None,
+    revision: str | Sequence[str] = "head",
+    sql: bool = False,
+    tag: str | None = None,
+    purge: bool = False,
+) -> None:
+    await _run(directory, None, lambda m: m.stamp(revision, sql, tag, purge))
+
+
+async def check(directory: str | None = None) -> None:
+    await _run(directory, None, lambda m: m.check())

@@ -1,0 +1,250 @@
+"""The migration lock: one migrator per database (and version table) at a time, across processes.
+
+One small interface, :class:`MigrationLock`, with a class per dialect. Locks are *tried*, never waited on
+inside the database: the caller polls with backoff, closing its connection between attempts, so that many
+waiting replicas hold no connection while they wait and notice at once when another replica has finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import struct
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import IO
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .errors import LockNotSupportedError
+
+LOCK_KEY_NAMESPACE = "async_migrate"
+
+# client_connection_check_interval (PostgreSQL 14+) ends the backend of a migrator that died mid-statement,
+# and with it the lock, instead of letting the statement run to its end first.
+CLIENT_CHECK_INTERVAL_MS = 1000
+
+
+class MigrationLock(ABC):
+    """A lock that one migrator at a time may hold."""
+
+    #: What the lock is, for log lines and errors.
+    description: str
+
+    @abstractmethod
+    async def try_acquire(self, connection: AsyncConnection) -> bool:
+        """Take the lock if it is free; never wait. Leaves ``connection`` outside a transaction."""
+
+    @abstractmethod
+    async def release(self, connection: AsyncConnection) -> None:
+        """Give the lock back. Must be safe to call after a failed migration."""
+
+    @abstractmethod
+    async def describe_holder(self, connection: AsyncConnection) -> str | None:
+        """Who holds the lock now, in words, or None if nobody holds it."""
+
+
+def postgres_lock_key(database: str, schema: str, version_table: str) -> int:
+    """The 64-bit advisory lock key for one version table.
+
+    Derived from the database, schema and version table, so that two apps on one server don't block each
+    other. This derivation must never change between releases, or old and new replicas would migrate at once.
+    """
+    digest = hashlib.sha256(
+        "\x00".join((LOCK_KEY_NAMESPACE, database, schema, version_table)).encode()
+    ).digest()
+    key: int = struct.unpack(">q", digest[:8])[0]
+    return key
+
+
+class PostgresAdvisoryLock(MigrationLock):
+    """A session-level ``pg_advisory_lock`` on a key derived from database, schema and version table.
+
+    Session-level because Alembic commits several times in one run (per revision, ``autocommit_block``),
+    which would drop a transaction-level lock.
+    """
+
+    def __init__(self, version_table: str, version_table_schema: str | None) -> None:
+        self.version_table = version_table
+        self.version_table_schema = version_table_schema
+        self.description = f"PostgreSQL advisory lock for version table {version_table!r}"
+        self._key: int | None = None
+        self._client_check_set = False
+
+    async def key(self, connection: AsyncConnection) -> int:
+        if self._key is None:
+            row = (
+                await connection.execute(text("SELECT current_database(), current_schema()"))
+            ).one()
+            schema = self.version_table_schema or row[1] or "public"
+            self._key = postgres_lock_key(row[0], schema, self.version_table)
+            self.description = (
+                f"PostgreSQL advisory lock {self._key} "
+                f"(database {row[0]!r}, version table {schema}.{self.version_table})"
+            )
+        return self._key
+
+    async def try_acquire(self, connection: AsyncConnection) -> bool:
+        key = await self.key(connection)
+        got = bool(
+            (
+                await connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key})
+            ).scalar()
+        )
+        if got:
+            version = (await connection.execute(text("SHOW server_version_num"))).scalar()
+            if int(str(version)) >= 140000:
+                await connection.execute(
+                    text(f"SET client_connection_check_interval = {CLIENT_CHECK_INTERVAL_MS}")
+                )
+                self._client_check_set = True
+        await connection.commit()
+        return got
+
+    async def release(self, connection: AsyncConnection) -> None:
+        # A failed migration leaves the transaction aborted; an unlock inside it would fail too.
+        await connection.rollback()
+        key = await self.key(connection)
+        released = (
+            await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        ).scalar()
+        if self._client_check_set:
+            await connection.execute(text("RESET client_connection_check_interval"))
+            self._client_check_set = False
+        await connection.commit()
+        if not released:
+            # The lock was not ours any more: never hand a connection in an unknown lock state back
+            # to the pool.
+            await connection.invalidate()
+
+    async def describe_holder(self, connection: AsyncConnection) -> str | None:
+        key = await self.key(connection) & 0xFFFFFFFFFFFFFFFF
+        row = (
+            await connection.execute(
+                text(
+                    "SELECT a.pid, a.application_name, a.client_addr::text, a.state, "
+                    "extract(epoch FROM now() - a.backend_start)::float8, "
+                    "extract(epoch FROM now() - a.query_start)::float8, left(a.query, 80) "
+                    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                    "AND l.classid::bigint = :classid AND l.objid::bigint = :objid "
+                    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                ),
+                {"classid": key >> 32, "objid": key & 0xFFFFFFFF},
+            )
+        ).first()
+        await connection.rollback()
+        if row is None:
+            return None
+        pid, app_name, addr, state, connected_for, query_for, query = row
+        return (
+            f"PostgreSQL backend pid {pid} (application_name {app_name!r}, client {addr or 'local socket'}, "
+            f"connected {connected_for:.0f}s ago, state {state!r}, "
+            f"current statement running {query_for or 0:.0f}s: {query!r}); "
+            f"to stop it: SELECT pg_terminate_backend({pid})"
+        )
+
+
+# Keys of locks held in this process where no file can be used (in-memory SQLite).
+_PROCESS_HELD: set[str] = set()
+
+
+class SQLiteFileLock(MigrationLock):
+    """An exclusive ``flock`` on a file beside the database file, so processes on one machine exclude each
+    other. The OS drops it when the holder's process dies. An in-memory database, which only its own engine
+    can see, is locked within the process."""
+
+    def __init__(self, database: str | None) -> None:
+        self.in_memory = (
+            not database or database == ":memory:" or database.startswith("file::memory:")
+        )
+        self.path = None if self.in_memory else Path(database + ".migrate-lock")  # type: ignore[operator]
+        self.description = (
+            "in-process lock for an in-memory SQLite database"
+            if self.path is None
+            else f"file lock {self.path}"
+        )
+        self._file: IO[str] | None = None
+        self._memory_key = ""
+
+    async def try_acquire(self, connection: AsyncConnection) -> bool:
+        if self.path is None:
+            self._memory_key = f"{id(connection.engine.sync_engine)}"
+            if self._memory_key in _PROCESS_HELD:
+                return False
+            _PROCESS_HELD.add(self._memory_key)
+            return True
+        import fcntl
+
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        handle.seek(0)
+        handle.truncate()
+        handle.write(
+            f"pid {os.getpid()} on host {socket.gethostname()} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S%z')}\n"
+        )
+        handle.flush()
+        self._file = handle
+        return True
+
+    async def release(self, connection: AsyncConnection) -> None:
+        await connection.rollback()
+        if self.path is None:
+            _PROCESS_HELD.discard(self._memory_key)
+            return
+        if self._file is not None:
+            import fcntl
+
+            handle, self._file = self._file, None
+            try:
+                handle.seek(0)
+                handle.truncate()
+                handle.flush()
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            finally:
+                handle.close()
+
+    async def describe_holder(self, connection: AsyncConnection) -> str | None:
+        if self.path is None:
+            key = f"{id(connection.engine.sync_engine)}"
+            return "another task of this process" if key in _PROCESS_HELD else None
+        if self._file is not None:
+            return f"this migrator (pid {os.getpid()})"
+        import fcntl
+
+        try:
+            with open(self.path, "a+") as probe:
+                try:
+                    fcntl.flock(probe.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    probe.seek(0)
+                    holder = probe.read().strip() or "another process"
+                    return f"{holder} (lock file {self.path})"
+                fcntl.flock(probe.fileno(), fcntl.LOCK_UN)
+                return None
+        except OSError:
+            return None
+
+
+def lock_for(
+    connection: AsyncConnection, version_table: str, version_table_schema: str | None
+) -> MigrationLock:
+    """The migration lock suited to ``connection``'s database."""
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        return PostgresAdvisoryLock(version_table, version_table_schema)
+    if dialect == "sqlite":
+        return SQLiteFileLock(connection.engine.url.database)
+    raise LockNotSupportedError(
+        f"async_migrate has no migration lock for {dialect} databases yet. Pass lock=False to the "
+        "Migrator (MIGRATE_LOCK = False in the app config, or --no-lock on the CLI) and make sure only one "
+        "process migrates at a time."
+    )
