@@ -1,4 +1,11 @@
-"""async_migrate: Alembic migrations for async SQLAlchemy apps, with a Quart extension and CLI."""
+"""async_migrate: Alembic migrations for async SQLAlchemy apps, with a Quart extension and CLI.
+
+``Migrator`` (the core) needs no web framework; ``Migrate`` and the module-level command functions
+(``await upgrade()``, ...) are the Quart glue, imported from :mod:`async_migrate.extension` on first use so
+that ``import async_migrate`` does not import Quart.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     AsyncMigrateError,
@@ -16,6 +23,54 @@ from .errors import (
 )
 from .migrator import MigrationStatus, Migrator
 
+if TYPE_CHECKING:
+    from .extension import (
+        Migrate,
+        branches,
+        check,
+        current,
+        downgrade,
+        edit,
+        heads,
+        history,
+        init,
+        list_templates,
+        merge,
+        migrate,
+        revision,
+        show,
+        stamp,
+        upgrade,
+    )
+
+_QUART_NAMES = {
+    "Migrate",
+    "branches",
+    "check",
+    "current",
+    "downgrade",
+    "edit",
+    "heads",
+    "history",
+    "init",
+    "list_templates",
+    "merge",
+    "migrate",
+    "revision",
+    "show",
+    "stamp",
+    "upgrade",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _QUART_NAMES:
+        from . import extension
+
+        return getattr(extension, name)
+    raise AttributeError(f"module 'async_migrate' has no attribute {name!r}")
+
+
 __all__ = [
     "AsyncMigrateError",
     "CommandError",
@@ -24,6 +79,7 @@ __all__ = [
     "LockError",
     "LockNotSupportedError",
     "LockTimeoutError",
+    "Migrate",
     "MigrationFailedError",
     "MigrationStatus",
     "Migrator",
@@ -31,4 +87,19 @@ __all__ = [
     "MultipleHeadsError",
     "NotUpToDateError",
     "UnknownRevisionError",
+    "branches",
+    "check",
+    "current",
+    "downgrade",
+    "edit",
+    "heads",
+    "history",
+    "init",
+    "list_templates",
+    "merge",
+    "migrate",
+    "revision",
+    "show",
+    "stamp",
+    "upgrade",
 ]
