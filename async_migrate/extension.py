@@ -5,7 +5,6 @@ the optional ``/healthz`` blueprint, and module-level ``await upgrade()``-style 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from .errors import AsyncMigrateError, ConfigurationError, UnknownRevisionError
-from .migrator import ConfigureCallback, MigrationStatus, Migrator
+from .migrator import SYS_STDOUT, ConfigureCallback, MigrationStatus, Migrator
 
 __all__ = [
     "Migrate",
@@ -134,7 +133,7 @@ class MigrateState:
         app: Quart,
         directory: str | None = None,
         x_arg: Sequence[str] | None = None,
-        stdout: TextIO | None = sys.stdout,
+        stdout: TextIO | None = SYS_STDOUT,
         **overrides: Any,
     ) -> Migrator:
         options: dict[str, Any] = {

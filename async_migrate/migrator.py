@@ -20,7 +20,7 @@ from argparse import Namespace
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 
 import sqlalchemy as sa
 from alembic import command
@@ -80,6 +80,20 @@ def _alembic_lock() -> asyncio.Lock:
     if lock is None:
         lock = _alembic_locks[loop] = asyncio.Lock()
     return lock
+
+
+class _CurrentStdout:
+    """Writes to whatever ``sys.stdout`` is at the time: CLI runners and tests replace it."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+#: The default ``stdout`` of a Migrator: the process's standard output as it is when written to.
+SYS_STDOUT = cast(TextIO, _CurrentStdout())
 
 
 class _TemplateConfig(Config):
@@ -168,7 +182,7 @@ class Migrator:
         lock: bool = True,
         lock_timeout: float = 60.0,
         connect_timeout: float = 0.0,
-        stdout: TextIO | None = sys.stdout,
+        stdout: TextIO | None = SYS_STDOUT,
         configure: Iterable[ConfigureCallback] = (),
         x_arg: Sequence[str] = (),
         **context_kwargs: Any,
@@ -252,7 +266,8 @@ class Migrator:
         ``opts`` names ``cmd_opts`` flags to set (as Flask-Migrate's ``opts``), e.g. ``["autogenerate"]``.
         """
         ini = Path(self.directory) / "alembic.ini"
-        config: Config = _TemplateConfig(ini, stdout=self.stdout or io.StringIO())
+        stdout = self.stdout or io.StringIO()
+        config: Config = _TemplateConfig(ini, stdout=stdout, output_buffer=stdout)
         # Set in code rather than through set_main_option: ConfigParser interpolation would mangle a '%'.
         config.set_main_option("script_location", self.directory.replace("%", "%%"))
         config.set_main_option("path_separator", "os")

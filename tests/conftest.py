@@ -90,7 +90,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("pg_url"))
 
 
-async def _inspect(url: str) -> dict[str, list[str]]:
+async def inspect_tables(url: str) -> dict[str, list[str]]:
     engine = create_async_engine(url, poolclass=sa.pool.NullPool)
     try:
         async with engine.connect() as conn:
@@ -109,10 +109,10 @@ async def _inspect(url: str) -> dict[str, list[str]]:
 
 def tables(url: str) -> dict[str, list[str]]:
     """The database's tables and their column names, read through a fresh engine."""
-    return asyncio.run(_inspect(url))
+    return asyncio.run(inspect_tables(url))
 
 
-async def _query(url: str, sql: str) -> list[tuple[object, ...]]:
+async def run_query(url: str, sql: str) -> list[tuple[object, ...]]:
     engine = create_async_engine(url, poolclass=sa.pool.NullPool)
     try:
         async with engine.connect() as conn:
@@ -122,7 +122,7 @@ async def _query(url: str, sql: str) -> list[tuple[object, ...]]:
 
 
 def query(url: str, sql: str) -> list[tuple[object, ...]]:
-    return asyncio.run(_query(url, sql))
+    return asyncio.run(run_query(url, sql))
 
 
 MODELS_V1 = """

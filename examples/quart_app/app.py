@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from async_migrate import Migrate
+
 from models import Base, Note, Notebook
 
 HERE = Path(__file__).resolve().parent

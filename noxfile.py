@@ -1,0 +1,36 @@
+"""nox sessions: tests (SQLite and PostgreSQL), lint, typecheck, bench."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite, on SQLite files and the PostgreSQL server on 127.0.0.1:5432."""
+    session.install("-e", ".[test]")
+    session.run("bash", "scripts/start-postgres", external=True)
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "async_migrate", "tests", "bench", "examples")
+    session.run("ruff", "format", "--check", "async_migrate")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: figures and ratios against the reference tools, measured in the same run."""
+    session.install("-e", ".[test]")
+    session.run("bash", "scripts/start-postgres", external=True)
+    session.run("python", "-m", "bench", *session.posargs)

@@ -1,0 +1,184 @@
+"""The framework-free core, awaited inside a running event loop, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from async_migrate import (
+    ConfigurationError,
+    DatabaseUnreachableError,
+    MigrationFailedError,
+    Migrator,
+    ModelsDifferError,
+    NotUpToDateError,
+)
+
+from conftest import inspect_tables, run_query
+
+pytestmark = pytest.mark.anyio
+
+
+def account_metadata(with_email: bool = False) -> sa.MetaData:
+    metadata = sa.MetaData()
+    columns = [sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.String(100))]
+    if with_email:
+        columns.append(sa.Column("email", sa.String(200)))
+    sa.Table("account", metadata, *columns)
+    return metadata
+
+
+async def test_workflow_through_the_api(db_url: str, tmp_path: Path) -> None:
+    directory = tmp_path / "migrations"
+    out = io.StringIO()
+    async with Migrator(db_url, account_metadata(), directory, stdout=out) as migrator:
+        await migrator.init()
+        first = await migrator.migrate("create account")
+        assert first is not None
+        assert "op.create_table('account'" in Path(first.path).read_text()
+        assert await migrator.current() == ()
+
+        assert await migrator.upgrade() == (first.revision,)
+        assert await migrator.current() == (first.revision,)
+        assert await migrator.upgrade() == ()  # already at head: nothing applied
+        await migrator.check()
+        assert await migrator.migrate("nothing") is None
+        assert len(list((directory / "versions").glob("*.py"))) == 1
+
+        migrator.metadata = account_metadata(with_email=True)
+        with pytest.raises(ModelsDifferError) as differ:
+            await migrator.check()
+        assert "add_column account.email" in str(differ.value)
+        assert differ.value.diffs
+
+        second = await migrator.migrate("add email")
+        assert second is not None
+        assert "add_column(sa.Column('email'" in Path(second.path).read_text()
+        assert await migrator.upgrade() == (second.revision,)
+        await migrator.check()
+        assert await migrator.heads() == (second.revision,)
+        assert [s.revision for s in await migrator.history()] == [second.revision, first.revision]
+        assert [s.revision for s in await migrator.show("head")] == [second.revision]
+        assert await migrator.branches() == ()
+
+        assert await migrator.downgrade() == (second.revision,)
+        assert await migrator.current() == (first.revision,)
+        assert await migrator.downgrade("base") == (first.revision,)
+        assert await migrator.current() == ()
+        assert await migrator.upgrade() == (first.revision, second.revision)
+
+        out.truncate(0)
+        assert await migrator.upgrade("base:head", sql=True) == ()
+        assert "CREATE TABLE account" in out.getvalue()
+
+        await migrator.stamp(first.revision)
+        assert await migrator.current() == (first.revision,)
+        await migrator.stamp("head")
+        templates = dict(await migrator.list_templates())
+        assert "async" in templates
+
+    assert (await inspect_tables(db_url))["account"] == ["id", "name", "email"]
+
+
+async def test_app_engine_is_used_and_left_open(tmp_path: Path) -> None:
+    # An in-memory database exists only inside its engine: migrations must run through that engine.
+    engine = create_async_engine("sqlite+aiosqlite://", poolclass=sa.pool.StaticPool)
+    directory = tmp_path / "migrations"
+    migrator = Migrator(engine, account_metadata(), directory, stdout=None)
+    await migrator.init()
+    script = await migrator.migrate("first")
+    assert script is not None
+    assert await migrator.upgrade() == (script.revision,)
+    await migrator.aclose()
+    async with engine.connect() as conn:  # still open, and it has the table
+        assert (await conn.execute(sa.text("SELECT count(*) FROM account"))).scalar() == 0
+    await engine.dispose()
+
+
+async def test_failed_revision_is_rolled_back_alone(db_url: str, tmp_path: Path) -> None:
+    directory = tmp_path / "migrations"
+    async with Migrator(db_url, None, directory, stdout=None) as migrator:
+        await migrator.init()
+        good = directory / "versions" / "r1_good.py"
+        good.write_text(
+            'revision = "r1"\ndown_revision = None\nbranch_labels = None\ndepends_on = None\n'
+            "from alembic import op\nimport sqlalchemy as sa\n"
+            "def upgrade():\n    op.create_table('t', sa.Column('id', sa.Integer, primary_key=True))\n"
+            "def downgrade():\n    op.drop_table('t')\n"
+        )
+        bad = directory / "versions" / "r2_bad.py"
+        bad.write_text(
+            'revision = "r2"\ndown_revision = "r1"\nbranch_labels = None\ndepends_on = None\n'
+            "from alembic import op\nimport sqlalchemy as sa\n"
+            "def upgrade():\n"
+            "    op.create_table('half', sa.Column('id', sa.Integer, primary_key=True))\n"
+            "    op.execute('INSERT INTO no_such_table VALUES (1)')\n"
+            "def downgrade():\n    pass\n"
+        )
+        with pytest.raises(MigrationFailedError) as failed:
+            await migrator.upgrade()
+        message = str(failed.value)
+        assert failed.value.revision == "r2"
+        assert failed.value.current_heads == ("r1",)
+        assert "Revision r2 failed" in message and "rolled back" in message
+        assert "database is now at r1" in message
+    found = await inspect_tables(db_url)
+    assert "t" in found
+    assert "half" not in found  # the failed revision's DDL is gone, on SQLite too
+    assert await run_query(db_url, "SELECT version_num FROM alembic_version") == [("r1",)]
+
+
+async def test_migrate_refuses_when_database_is_behind(sqlite_url: str, tmp_path: Path) -> None:
+    async with Migrator(sqlite_url, account_metadata(), tmp_path / "m", stdout=None) as migrator:
+        await migrator.init()
+        await migrator.migrate("first")
+        migrator.metadata = account_metadata(with_email=True)
+        with pytest.raises(NotUpToDateError, match="Run `upgrade` first"):
+            await migrator.migrate("second")
+    assert len(list((tmp_path / "m" / "versions").glob("*.py"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "suggestion"),
+    [
+        ("postgresql://u:secret@localhost/db", "postgresql+asyncpg://"),
+        ("postgresql+psycopg2://u:secret@localhost/db", "postgresql+asyncpg://"),
+        ("sqlite:///app.db", "sqlite+aiosqlite://"),
+    ],
+)
+async def test_sync_driver_url_names_the_async_driver(url: str, suggestion: str) -> None:
+    with pytest.raises(ConfigurationError) as error:
+        Migrator(url)
+    assert suggestion in str(error.value)
+    assert "secret" not in str(error.value)
+
+
+async def test_unreachable_database_message_hides_password(tmp_path: Path) -> None:
+    migrator = Migrator(
+        "postgresql+asyncpg://user:s3cr3t@127.0.0.1:1/nodb", None, tmp_path, stdout=None
+    )
+    (tmp_path / "env.py").write_text("")
+    with pytest.raises(DatabaseUnreachableError) as error:
+        await migrator.current()
+    message = str(error.value)
+    assert "127.0.0.1" in message and "port 1" in message and "nodb" in message
+    assert "s3cr3t" not in message
+    await migrator.aclose()
+
+
+async def test_commands_before_init_say_to_run_init(sqlite_url: str, tmp_path: Path) -> None:
+    async with Migrator(sqlite_url, None, tmp_path / "missing", stdout=None) as migrator:
+        with pytest.raises(ConfigurationError, match="Run `init` first"):
+            await migrator.upgrade()
+
+
+def test_core_does_not_import_quart() -> None:
+    code = "import sys, async_migrate, async_migrate.migrator; print('quart' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr

@@ -1,0 +1,645 @@
+"""The migration lock under real concurrency: many processes (and many tasks) booting one app against one
+real database, a migrator killed with SIGKILL while it holds the lock, lock timeouts, cancellation, and the
+startup checks that refuse to serve. Every database here is real (PostgreSQL on 127.0.0.1, SQLite files)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from quart import Quart
+from quart.testing import app as quart_testing
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from async_migrate import Migrate, Migrator
+from async_migrate.errors import LockTimeoutError, MultipleHeadsError, UnknownRevisionError
+from async_migrate.locking import postgres_lock_key
+from conftest import query, tables
+
+LOG_TABLE = "boot_log"
+
+
+# -- migrations on disk --------------------------------------------------------------------------------------
+
+
+def rev_id(n: int) -> str:
+    return f"r{n:02d}"
+
+
+def revision_source(revision: str, down_revision: str | None, body: Iterable[str]) -> str:
+    """One Alembic revision file, in the format the template writes."""
+    lines = list(body) or ["pass"]
+    upgrade = "\n".join("    " + line for line in lines)
+    return (
+        f'"""{revision}\n\nRevision ID: {revision}\nRevises: {down_revision}\n"""\n'
+        "import os\n"
+        "import time\n\n"
+        "from alembic import op\n"
+        "import sqlalchemy as sa\n\n"
+        f"revision = {revision!r}\n"
+        f"down_revision = {down_revision!r}\n"
+        "branch_labels = None\n"
+        "depends_on = None\n\n\n"
+        f"def upgrade() -> None:\n{upgrade}\n\n\n"
+        "def downgrade() -> None:\n    pass\n"
+    )
+
+
+def log_insert(revision: str) -> str:
+    return f"op.execute(\"INSERT INTO {LOG_TABLE} (rev) VALUES ('{revision}')\")"
+
+
+CREATE_LOG = (
+    f'op.create_table("{LOG_TABLE}", sa.Column("id", sa.Integer, primary_key=True), '
+    'sa.Column("rev", sa.Text, nullable=False))'
+)
+
+
+def chain(n: int, extra: dict[int, Sequence[str]] | None = None) -> list[tuple[str, str | None, list[str]]]:
+    """A linear chain r01..rNN: r01 creates the log table, every revision logs its id once.
+    ``extra`` adds lines to revision number i (before its insert)."""
+    revisions = []
+    for i in range(1, n + 1):
+        body = [CREATE_LOG] if i == 1 else []
+        body += list((extra or {}).get(i, ()))
+        body.append(log_insert(rev_id(i)))
+        revisions.append((rev_id(i), rev_id(i - 1) if i > 1 else None, body))
+    return revisions
+
+
+async def make_migrations(
+    url: str, directory: Path, revisions: Iterable[tuple[str, str | None, Sequence[str]]]
+) -> Path:
+    """``Migrator.init`` from the package's template, then the revision files written by hand."""
+    migrator = Migrator(url, None, directory, stdout=None)
+    try:
+        await migrator.init()
+    finally:
+        await migrator.aclose()
+    versions = directory / "versions"
+    versions.mkdir(exist_ok=True)
+    for revision, down, body in revisions:
+        (versions / f"{revision}_rev.py").write_text(revision_source(revision, down, body))
+    return directory
+
+
+def make_migrations_sync(
+    url: str, directory: Path, revisions: Iterable[tuple[str, str | None, Sequence[str]]]
+) -> Path:
+    return asyncio.run(make_migrations(url, directory, revisions))
+
+
+def expected_log(n: int) -> list[tuple[object, ...]]:
+    return [(rev_id(i), 1) for i in range(1, n + 1)]
+
+
+LOG_COUNTS = f"SELECT rev, count(*) FROM {LOG_TABLE} GROUP BY rev ORDER BY rev"
+VERSION = "SELECT version_num FROM alembic_version"
+
+
+# -- async twins of conftest's helpers, for tests already inside an event loop --------------------------------
+
+
+async def aquery(url: str, sql: str) -> list[tuple[object, ...]]:
+    engine = create_async_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        async with engine.connect() as conn:
+            return [tuple(row) for row in (await conn.execute(sa.text(sql))).all()]
+    finally:
+        await engine.dispose()
+
+
+async def atables(url: str) -> list[str]:
+    engine = create_async_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        async with engine.connect() as conn:
+            return sorted(await conn.run_sync(lambda c: sa.inspect(c).get_table_names()))
+    finally:
+        await engine.dispose()
+
+
+def asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+def dbname(url: str) -> str:
+    return str(make_url(url).database)
+
+
+async def hold_lock(url: str, application_name: str, version_table: str = "alembic_version"):  # type: ignore[no-untyped-def]
+    """A raw asyncpg session holding the migration lock, as another migrator would."""
+    import asyncpg
+
+    conn = await asyncpg.connect(
+        asyncpg_dsn(url), server_settings={"application_name": application_name}, timeout=10
+    )
+    key = postgres_lock_key(dbname(url), "public", version_table)
+    await conn.execute("SELECT pg_advisory_lock($1)", key)
+    return conn, key
+
+
+def advisory_holders_sql(key: int) -> str:
+    """pids holding the advisory lock ``key`` in the current database."""
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    return (
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+        f"AND classid::bigint = {unsigned >> 32} AND objid::bigint = {unsigned & 0xFFFFFFFF} "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+
+
+# -- subprocesses ----------------------------------------------------------------------------------------------
+
+APP_SCRIPT = """
+import asyncio
+import json
+import logging
+import os
+import sys
+
+from quart import Quart
+from quart.testing.app import TestApp
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from async_migrate import Migrate
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                    format="%(asctime)s pid=%(process)d %(name)s %(levelname)s %(message)s")
+
+
+async def main() -> int:
+    app = Quart(__name__)
+    engine = create_async_engine(os.environ["DATABASE_URL"])
+    Migrate(app, None, directory=os.environ["MIGRATIONS"], engine=engine, auto_upgrade=True,
+            lock_timeout=90, connect_timeout=60, healthz=True)
+    try:
+        async with TestApp(app, startup_timeout=60):
+            response = await app.test_client().get("/healthz")
+            body = await response.get_json()
+            print("HEALTHZ", response.status_code, json.dumps(body), flush=True)
+            return 0 if response.status_code == 200 else 3
+    finally:
+        await engine.dispose()
+
+
+sys.exit(asyncio.run(main()))
+"""
+
+UPGRADE_SCRIPT = """
+import asyncio
+import logging
+import os
+import sys
+
+from async_migrate import Migrator
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                    format="%(asctime)s pid=%(process)d %(name)s %(levelname)s %(message)s")
+
+
+async def main() -> None:
+    async with Migrator(os.environ["DATABASE_URL"], None, os.environ["MIGRATIONS"],
+                        lock_timeout=60, connect_timeout=30, stdout=None) as migrator:
+        applied = await migrator.upgrade()
+    print("APPLIED", ",".join(applied), flush=True)
+
+
+asyncio.run(main())
+"""
+
+
+def child_env(url: str, migrations: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "QUART_"))}
+    env.update(DATABASE_URL=url, MIGRATIONS=str(migrations), PYTHONDONTWRITEBYTECODE="1", **extra)
+    return env
+
+
+class Child:
+    """A Python subprocess running a script, its output going to files (no pipe can fill up)."""
+
+    def __init__(self, tmp_path: Path, name: str, script: str, env: dict[str, str]) -> None:
+        path = tmp_path / f"{name}.py"
+        if not path.exists():
+            path.write_text(textwrap.dedent(script))
+        self.name = name
+        self.out_path = tmp_path / f"{name}.{uuid.uuid4().hex[:6]}.out"
+        self.err_path = self.out_path.with_suffix(".err")
+        with self.out_path.open("w") as out, self.err_path.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(path)], cwd=tmp_path, env=env, stdout=out, stderr=err
+            )
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def report(self) -> str:
+        return (
+            f"--- {self.name} pid {self.proc.pid} exit {self.proc.returncode}\n"
+            f"stdout:\n{self.stdout}\nstderr (tail):\n{self.stderr[-3000:]}"
+        )
+
+
+def wait_all(children: Sequence[Child], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    try:
+        for child in children:
+            child.wait(max(1.0, deadline - time.monotonic()))
+    finally:
+        for child in children:
+            if child.proc.poll() is None:
+                child.proc.kill()
+                child.proc.wait()
+    failed = [c for c in children if c.proc.returncode != 0]
+    assert not failed, "\n".join(c.report() for c in failed)
+
+
+# -- 1. many processes boot one app at once --------------------------------------------------------------------
+
+
+def _boot_many(tmp_path: Path, url: str, processes: int) -> None:
+    migrations = make_migrations_sync(url, tmp_path / "migrations", chain(30))
+    env = child_env(url, migrations)
+    children = [Child(tmp_path, "boot", APP_SCRIPT, env) for _ in range(processes)]
+    wait_all(children, timeout=150)
+    for child in children:
+        assert child.stdout.startswith("HEALTHZ 200 "), child.report()
+        assert '"status": "ok"' in child.stdout, child.report()
+    assert query(url, VERSION) == [("r30",)]
+    assert query(url, LOG_COUNTS) == expected_log(30)
+    assert query(url, f"SELECT count(*) FROM {LOG_TABLE}") == [(30,)]
+    # Every revision was applied by exactly one process, as its log lines say.
+    applied_lines = sum(c.stderr.count("Applied upgrade ") for c in children)
+    assert applied_lines == 30, "\n".join(c.report() for c in children)
+
+
+def test_twelve_processes_boot_one_app_on_postgres(tmp_path: Path, pg_url: str) -> None:
+    _boot_many(tmp_path, pg_url, 12)
+
+
+def test_six_processes_boot_one_app_on_sqlite(tmp_path: Path, sqlite_url: str) -> None:
+    _boot_many(tmp_path, sqlite_url, 6)
+
+
+# -- 2. 200 starters in one process, more than the server's max_connections ------------------------------------
+
+
+@pytest.mark.anyio
+async def test_two_hundred_concurrent_starters_in_one_process(tmp_path: Path, pg_url: str) -> None:
+    migrations = await make_migrations(pg_url, tmp_path / "migrations", chain(30))
+    engines: list[AsyncEngine] = [
+        create_async_engine(pg_url, poolclass=sa.pool.NullPool) for _ in range(200)
+    ]
+    try:
+        migrators = [
+            Migrator(engine, None, migrations, lock_timeout=120, connect_timeout=120, stdout=None)
+            for engine in engines
+        ]
+        results = await asyncio.wait_for(
+            asyncio.gather(*(m.upgrade() for m in migrators), return_exceptions=True), timeout=170
+        )
+    finally:
+        await asyncio.gather(*(engine.dispose() for engine in engines))
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert not errors, f"{len(errors)} starters raised, e.g. {errors[0]!r}"
+    applied = [rev for result in results for rev in result]  # type: ignore[union-attr]
+    assert applied == [rev_id(i) for i in range(1, 31)]  # all of it by one starter, once
+    assert sum(1 for r in results if r) == 1
+    assert await aquery(pg_url, VERSION) == [("r30",)]
+    assert await aquery(pg_url, LOG_COUNTS) == expected_log(30)
+
+
+# -- 3. the holder is killed with SIGKILL in the middle of a slow revision -------------------------------------
+
+
+def test_kill_9_of_the_holder_mid_revision_frees_the_lock(tmp_path: Path, pg_url: str) -> None:
+    slow = ['if os.environ.get("AM_SLOW_REVISION"):', '    op.execute("SELECT pg_sleep(30)")']
+    migrations = make_migrations_sync(pg_url, tmp_path / "migrations", chain(3, {2: slow}))
+    key = postgres_lock_key(dbname(pg_url), "public", "alembic_version")
+
+    a = Child(tmp_path, "upgrade", UPGRADE_SCRIPT, child_env(pg_url, migrations, AM_SLOW_REVISION="1"))
+    try:
+        deadline = time.monotonic() + 30
+        holder: list[tuple[object, ...]] = []
+        while time.monotonic() < deadline and a.proc.poll() is None:
+            holder = query(
+                pg_url,
+                "SELECT a.pid FROM pg_stat_activity a "
+                f"WHERE a.pid IN ({advisory_holders_sql(key)}) AND a.pid <> pg_backend_pid() "
+                "AND a.state = 'active' AND a.query LIKE '%pg_sleep(30)%'",
+            )
+            if holder:
+                break
+            time.sleep(0.1)
+        assert holder, "process A never held the lock while sleeping in r02\n" + a.report()
+        os.kill(a.proc.pid, signal.SIGKILL)
+        assert a.wait(10) == -signal.SIGKILL
+    finally:
+        if a.proc.poll() is None:
+            a.proc.kill()
+            a.proc.wait()
+    # A committed r01 before it died; r02 was cut off mid-statement.
+    assert query(pg_url, VERSION) == [("r01",)]
+
+    started = time.monotonic()
+    b = Child(tmp_path, "upgrade", UPGRADE_SCRIPT, child_env(pg_url, migrations))
+    returncode = b.wait(60)
+    elapsed = time.monotonic() - started
+    assert returncode == 0, b.report()
+    # Correctness bound, not a performance check: without client_connection_check_interval the killed
+    # backend would keep running pg_sleep(30), and the lock, for ~30 s.
+    assert elapsed < 15, f"B took {elapsed:.1f}s to get the lock\n{b.report()}"
+    assert "APPLIED r02,r03" in b.stdout, b.report()
+    assert query(pg_url, VERSION) == [("r03",)]
+    assert query(pg_url, LOG_COUNTS) == expected_log(3)
+    assert query(pg_url, advisory_holders_sql(key)) == []
+
+
+# -- 4. lock timeout names the holder --------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_lock_timeout_names_the_holder(tmp_path: Path, pg_url: str) -> None:
+    migrations = await make_migrations(pg_url, tmp_path / "migrations", chain(3))
+    app_name = f"am-holder-{uuid.uuid4().hex[:8]}"
+    conn, _key = await hold_lock(pg_url, app_name)
+    try:
+        holder_pid = await conn.fetchval("SELECT pg_backend_pid()")
+        async with Migrator(pg_url, None, migrations, lock_timeout=2, stdout=None) as migrator:
+            with pytest.raises(LockTimeoutError) as excinfo:
+                await asyncio.wait_for(migrator.upgrade(), timeout=30)
+    finally:
+        await conn.close()
+    message = str(excinfo.value)
+    assert f"pid {holder_pid}" in message
+    assert app_name in message
+    assert excinfo.value.holder is not None and app_name in excinfo.value.holder
+    assert await atables(pg_url) == []
+
+
+# -- 5. startup refuses, with clear errors, and writes nothing -------------------------------------------------
+
+
+def quart_app(engine: AsyncEngine, migrations: Path, **settings: object) -> Quart:
+    app = Quart(__name__)
+    Migrate(
+        app, None, directory=migrations, engine=engine, auto_upgrade=True, lock_timeout=10,
+        connect_timeout=5, healthz=True, **settings,
+    )
+    return app
+
+
+async def start_and_fail(app: Quart) -> BaseException:
+    with pytest.raises(Exception) as excinfo:  # noqa: PT011 - checked below
+        async with quart_testing.TestApp(app, startup_timeout=60):
+            pass
+    return excinfo.value
+
+
+def exception_chain(exc: BaseException) -> str:
+    texts, seen, current = [], set(), exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        texts.append(f"{type(current).__name__}: {current}")
+        current = current.__cause__ or current.__context__
+    return "\n".join(texts)
+
+
+@pytest.mark.anyio
+async def test_startup_refuses_two_heads(
+    tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="async_migrate")
+    revisions = [
+        ("base1", None, [CREATE_LOG, log_insert("base1")]),
+        ("heada", "base1", [log_insert("heada")]),
+        ("headb", "base1", [log_insert("headb")]),
+    ]
+    migrations = await make_migrations(pg_url, tmp_path / "migrations", revisions)
+    engine = create_async_engine(pg_url, poolclass=sa.pool.NullPool)
+    try:
+        error = await start_and_fail(quart_app(engine, migrations))
+    finally:
+        await engine.dispose()
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+    for text in (exception_chain(error), logged):
+        assert "heada" in text and "headb" in text, text
+        assert "merge" in text.lower(), text
+    assert any(isinstance(r.exc_info and r.exc_info[1], MultipleHeadsError) for r in caplog.records) or (
+        "MultipleHeadsError" in exception_chain(error) or "heads" in logged
+    )
+    assert await atables(pg_url) == []
+
+
+async def stamp_unknown(url: str, revision: str) -> None:
+    engine = create_async_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+            )
+            await conn.execute(sa.text(f"INSERT INTO alembic_version VALUES ('{revision}')"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.anyio
+async def test_startup_refuses_database_ahead_of_scripts(
+    tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="async_migrate")
+    migrations = await make_migrations(pg_url, tmp_path / "migrations", chain(2))
+    await stamp_unknown(pg_url, "f00dfeed9999")
+    engine = create_async_engine(pg_url, poolclass=sa.pool.NullPool)
+    try:
+        error = await start_and_fail(quart_app(engine, migrations))
+    finally:
+        await engine.dispose()
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+    for text in (exception_chain(error), logged):
+        assert "f00dfeed9999" in text, text
+        assert "stamp --purge" in text, text
+    assert await atables(pg_url) == ["alembic_version"]
+    assert await aquery(pg_url, VERSION) == [("f00dfeed9999",)]
+
+
+@pytest.mark.anyio
+async def test_startup_serves_database_ahead_when_allowed(
+    tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="async_migrate")
+    migrations = await make_migrations(pg_url, tmp_path / "migrations", chain(2))
+    await stamp_unknown(pg_url, "f00dfeed9999")
+    engine = create_async_engine(pg_url, poolclass=sa.pool.NullPool)
+    try:
+        app = quart_app(engine, migrations, allow_db_ahead=True)
+        async with quart_testing.TestApp(app, startup_timeout=60):
+            pass
+    finally:
+        await engine.dispose()
+    assert any(
+        r.levelno == logging.WARNING and "f00dfeed9999" in r.getMessage() for r in caplog.records
+    )
+    assert await atables(pg_url) == ["alembic_version"]
+    assert await aquery(pg_url, VERSION) == [("f00dfeed9999",)]
+
+
+# -- 6. a waiter that gets the lock after the holder finished does nothing --------------------------------------
+
+
+@pytest.mark.anyio
+async def test_waiter_rereads_and_does_nothing(
+    tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="async_migrate")
+    migrations = await make_migrations(
+        pg_url, tmp_path / "migrations", chain(3, {2: ['op.execute("SELECT pg_sleep(2)")']})
+    )
+    key = postgres_lock_key(dbname(pg_url), "public", "alembic_version")
+    async with (
+        Migrator(pg_url, None, migrations, lock_timeout=30, stdout=None) as first,
+        Migrator(pg_url, None, migrations, lock_timeout=30, stdout=None) as second,
+    ):
+        first_task = asyncio.create_task(first.upgrade())
+        for _ in range(200):
+            if await aquery(pg_url, advisory_holders_sql(key)):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the first migrator never took the lock")
+        second_result = await asyncio.wait_for(second.upgrade(), timeout=30)
+        first_result = await asyncio.wait_for(first_task, timeout=30)
+    assert first_result == ("r01", "r02", "r03")
+    assert second_result == ()
+    assert any("while this one waited" in r.getMessage() for r in caplog.records)
+    assert await aquery(pg_url, LOG_COUNTS) == expected_log(3)
+    assert await aquery(pg_url, VERSION) == [("r03",)]
+
+
+# -- 7. cancelled while waiting: never takes the lock afterwards -----------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_cancelled_waiter_never_takes_the_lock(
+    tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="async_migrate")
+    migrations = await make_migrations(pg_url, tmp_path / "migrations", chain(3))
+    conn, key = await hold_lock(pg_url, "am-test-holder")
+    try:
+        async with Migrator(pg_url, None, migrations, lock_timeout=60, stdout=None) as migrator:
+            task = asyncio.create_task(migrator.upgrade())
+            for _ in range(200):
+                if any("Waiting up to" in r.getMessage() for r in caplog.records):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the migrator never started waiting")
+            await asyncio.sleep(0.5)  # well inside its polling
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", key)
+        await conn.close()
+    # Give a leaked poller every chance to take the lock it must not take.
+    for _ in range(10):
+        assert await aquery(pg_url, advisory_holders_sql(key)) == []
+        await asyncio.sleep(0.2)
+    assert await atables(pg_url) == []
+    leftover = await aquery(
+        pg_url,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid()",
+    )
+    assert leftover == [(0,)]
+
+
+# -- 8. two version tables in one database don't block each other ---------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_other_version_table_is_not_blocked(tmp_path: Path, pg_url: str) -> None:
+    migrations = await make_migrations(pg_url, tmp_path / "migrations", chain(3))
+    conn, _key = await hold_lock(pg_url, "am-test-holder", version_table="alembic_version")
+    try:
+        async with Migrator(
+            pg_url, None, migrations, lock_timeout=1, stdout=None, version_table="other_version"
+        ) as migrator:
+            applied = await asyncio.wait_for(migrator.upgrade(), timeout=30)
+    finally:
+        await conn.close()
+    assert applied == ("r01", "r02", "r03")
+    assert await atables(pg_url) == [LOG_TABLE, "other_version"]
+    assert await aquery(pg_url, "SELECT version_num FROM other_version") == [("r03",)]
+
+
+# -- 9. the lock key derivation is pinned ------------------------------------------------------------------------
+
+
+def test_lock_key_derivation_is_pinned() -> None:
+    # This value must NEVER change between releases: replicas of an old and a new release that derive
+    # different keys would both take "the" lock and migrate one database at once.
+    assert postgres_lock_key("db", "public", "alembic_version") == -8429163753555300100
+    assert postgres_lock_key("db", "public", "other_version") != -8429163753555300100
+    assert postgres_lock_key("db", "other", "alembic_version") != -8429163753555300100
+    assert postgres_lock_key("db2", "public", "alembic_version") != -8429163753555300100
+
+
+# -- 10. SQLite: the file lock works across processes -----------------------------------------------------------
+
+
+def test_sqlite_file_lock_across_processes(tmp_path: Path, sqlite_url: str) -> None:
+    slow = ["time.sleep(3)"]
+    migrations = make_migrations_sync(sqlite_url, tmp_path / "migrations", chain(2, {2: slow}))
+    lock_file = Path(str(make_url(sqlite_url).database) + ".migrate-lock")
+    env = child_env(sqlite_url, migrations)
+
+    a = Child(tmp_path, "upgrade", UPGRADE_SCRIPT, env)
+    b: Child | None = None
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and a.proc.poll() is None:
+            if lock_file.exists() and f"pid {a.proc.pid} " in lock_file.read_text():
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("process A never took the file lock\n" + a.report())
+        b = Child(tmp_path, "upgrade", UPGRADE_SCRIPT, env)
+        wait_all([a, b], timeout=60)
+    finally:
+        for child in (a, b):
+            if child is not None and child.proc.poll() is None:
+                child.proc.kill()
+                child.proc.wait()
+    assert b is not None
+    assert "APPLIED r01,r02" in a.stdout, a.report()
+    assert b.stdout.strip() == "APPLIED", b.report()
+    assert "while this one waited" in b.stderr, b.report()
+    assert query(sqlite_url, VERSION) == [("r02",)]
+    assert query(sqlite_url, LOG_COUNTS) == expected_log(2)
+    assert sorted(tables(sqlite_url)) == ["alembic_version", LOG_TABLE]
