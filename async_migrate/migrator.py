@@ -15,6 +15,7 @@ import logging
 import random
 import sys
 import time
+import traceback
 import weakref
 from argparse import Namespace
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -284,11 +285,15 @@ class Migrator:
         return config
 
     def script_directory(self, config: Config | None = None) -> ScriptDirectory:
-        """Alembic's view of the migration scripts."""
+        """Alembic's view of the migration scripts, loaded (so a broken script fails here, by name)."""
         try:
-            return ScriptDirectory.from_config(config or self.get_config())
+            script = ScriptDirectory.from_config(config or self.get_config())
+            script.revision_map.heads  # noqa: B018 - imports every revision script
+            return script
         except AlembicCommandError as exc:
             raise self._translate(exc) from None
+        except Exception as exc:
+            raise _script_error(exc) or exc from None
 
     # -- connections ---------------------------------------------------------------------------------------
 
@@ -397,6 +402,11 @@ class Migrator:
                 raise  # check's finding, not a failure: the caller words it
             except AlembicCommandError as exc:
                 raise self._translate(exc) from None
+            except Exception as exc:
+                script_error = _script_error(exc)
+                if script_error is None:
+                    raise
+                raise script_error from None
 
     def _translate(self, exc: AlembicCommandError) -> AsyncMigrateError:
         message = hide_password(str(exc), self.engine.url)
@@ -1096,6 +1106,30 @@ def _describe_diff(diff: Any) -> str:
     name = next((str(p.name) for p in diff[1:] if getattr(p, "name", None)), None)
     subject = ".".join(part for part in (table, name) if part)
     return f"{kind} {subject}" if subject else kind
+
+
+def _script_error(exc: BaseException) -> CommandError | None:
+    """A CommandError naming the file and line when ``exc`` came from importing a migration script or
+    env.py (a syntax error, a missing import), rather than from running a revision."""
+    if isinstance(exc, SyntaxError) and exc.filename and exc.filename.endswith(".py"):
+        return CommandError(
+            f"Cannot load {exc.filename}, line {exc.lineno}: {exc.msg}. Fix the script; nothing was applied."
+        )
+    installed = (sys.prefix, sys.base_prefix, str(Path(__file__).parent))
+    user_frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith(("<", *installed))
+    ]
+    # Only when the innermost frame of the user's code is a module body: an error raised inside a
+    # revision's upgrade() is a failed migration, not a broken script.
+    if user_frames and user_frames[-1].name == "<module>":
+        frame = user_frames[-1]
+        return CommandError(
+            f"Cannot load {frame.filename}, line {frame.lineno}: {type(exc).__name__}: {exc}. "
+            "Fix the script (or the import it needs); nothing was applied."
+        )
+    return None
 
 
 def _check_identifier(what: str, name: str) -> None:

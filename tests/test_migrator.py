@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from async_migrate import (
+    CommandError,
     ConfigurationError,
     DatabaseUnreachableError,
     MigrationFailedError,
@@ -182,3 +183,28 @@ def test_core_does_not_import_quart() -> None:
     code = "import sys, async_migrate, async_migrate.migrator; print('quart' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("def upgrade(:\n    pass\n", "line 6"),
+        ("import no_such_module_here\ndef upgrade():\n    pass\n", "No module named 'no_such_module_here'"),
+    ],
+)
+async def test_broken_script_is_named_and_nothing_applied(
+    sqlite_url: str, tmp_path: Path, body: str, expected: str
+) -> None:
+    directory = tmp_path / "migrations"
+    async with Migrator(sqlite_url, None, directory, stdout=None) as migrator:
+        await migrator.init()
+        broken = directory / "versions" / "r1_broken.py"
+        broken.write_text(
+            'revision = "r1"\ndown_revision = None\nbranch_labels = None\ndepends_on = None\n'
+            "from alembic import op\n" + body + "def downgrade():\n    pass\n"
+        )
+        with pytest.raises(CommandError) as error:
+            await migrator.upgrade()
+    assert str(broken) in str(error.value)
+    assert expected in str(error.value)
+    assert await inspect_tables(sqlite_url) == {}
