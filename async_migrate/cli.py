@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -16,7 +17,7 @@ import click
 from quart import Quart
 from quart.cli import ScriptInfo
 
-from .errors import AsyncMigrateError, ModelsDifferError
+from .errors import AsyncMigrateError
 from .extension import MigrateState, _state, engine_of
 from .migrator import Migrator
 
@@ -24,6 +25,7 @@ T = TypeVar("T")
 
 _DIRECTORY = "async_migrate.directory"
 _X_ARG = "async_migrate.x_arg"
+_TRACEBACK = "async_migrate.traceback"
 
 DIRECTORY_HELP = 'Migration script directory (default is "migrations")'
 X_ARG_HELP = "Additional arguments consumed by custom env.py scripts"
@@ -54,11 +56,11 @@ def _run(
 
     try:
         return asyncio.run(main())
-    except ModelsDifferError as exc:
+    except AsyncMigrateError as exc:
+        if ctx.meta.get(_TRACEBACK):
+            traceback.print_exc()
         click.echo(f"Error: {exc}", err=True)
         ctx.exit(1)
-    except AsyncMigrateError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 async def _dispose_app_engine(state: MigrateState) -> None:
@@ -91,12 +93,18 @@ def _show_progress() -> None:
 @click.group()
 @click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
 @click.option("-x", "--x-arg", multiple=True, help=X_ARG_HELP)
+@click.option(
+    "-v", "--verbose", "show_traceback", is_flag=True, help="Show the traceback of an error too"
+)
 @click.pass_context
-def db(ctx: click.Context, directory: str | None, x_arg: tuple[str, ...]) -> None:
+def db(
+    ctx: click.Context, directory: str | None, x_arg: tuple[str, ...], show_traceback: bool
+) -> None:
     """Perform database migrations."""
     # No app context exists in a group callback: the options travel on the click context.
     ctx.meta[_DIRECTORY] = directory
     ctx.meta[_X_ARG] = x_arg
+    ctx.meta[_TRACEBACK] = show_traceback
 
 
 @db.command("list-templates")
@@ -472,3 +480,15 @@ def stamp(
 def check(ctx: click.Context, directory: str | None) -> None:
     """Check if there are any new operations to migrate"""
     _run(ctx, lambda m: m.check(), directory)
+
+
+@db.command()
+@click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
+@click.pass_context
+def doctor(ctx: click.Context, directory: str | None) -> None:
+    """Report the state of the database and the scripts, read-only (exit 0 only when healthy)"""
+    diagnosis = _run(ctx, lambda m: m.doctor(), directory)
+    for line in diagnosis.lines():
+        click.echo(line)
+    if not diagnosis.healthy:
+        ctx.exit(1)

@@ -25,7 +25,7 @@ def test_seed_workflow(project: Project) -> None:
     project.write_models(MODELS_V2)
     result = project.quart("db", "check")
     assert result.returncode == 1
-    assert "add_column account.email" in result.stderr
+    assert "The models differ from the database: add_column account.email" in result.stderr
     assert "Traceback" not in result.stderr
 
     project.db("migrate", "-m", "add email")

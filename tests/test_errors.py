@@ -1,0 +1,264 @@
+"""Every failure is one clear message with its fix, exit code 1, no traceback, and the database unchanged.
+
+Each case's key phrase must also stand in the README's "When it goes wrong" table, so the table cannot
+drift from what the tool says.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import MODELS_V2, Project, query, tables
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+SECRET = "Sup3rS3cretPw"
+
+
+def readme_table_phrases() -> list[str]:
+    """The key phrase of each row of the README's table (its "The message says" column)."""
+    section = README.split("## When it goes wrong", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|") for line in section.splitlines() if line.startswith("| ")]
+    return [m for row in rows[1:] for m in re.findall(r"`([^`]+)`", row[2])]
+
+
+def assert_clean_failure(result: object, phrase: str) -> None:
+    returncode = result.returncode
+    stderr = result.stderr
+    assert returncode == 1, (returncode, stderr)
+    assert phrase in stderr, stderr
+    assert "Traceback" not in stderr
+    assert phrase in README, f"README's 'When it goes wrong' table lacks {phrase!r}"
+
+
+def write_revision(project: Project, rev: str, down: str | None, body: str) -> None:
+    (project.path / "migrations" / "versions" / f"{rev}_x.py").write_text(
+        f"revision = {rev!r}\ndown_revision = {down!r}\nbranch_labels = None\ndepends_on = None\n"
+        "from alembic import op\nimport sqlalchemy as sa\n"
+        f"def upgrade():\n{body}\ndef downgrade():\n    pass\n"
+    )
+
+
+CREATE_T = "    op.create_table('t', sa.Column('id', sa.Integer, primary_key=True))\n"
+
+
+def test_unknown_revision_in_database(project: Project) -> None:
+    project.db("init")
+    write_revision(project, "r1", None, CREATE_T)
+    project.db("upgrade")
+    project.db("stamp", "--purge", "r1")
+    from conftest import pg_admin  # noqa: F401 - keeps the import list honest for both backends
+
+    query_url = project.url
+    _exec(query_url, "UPDATE alembic_version SET version_num = 'deadbeef0000'")
+    for command in (["upgrade"], ["current"], ["downgrade"], ["migrate", "-m", "x"]):
+        result = project.quart("db", *command)
+        assert_clean_failure(result, "which the migration scripts don't know")
+        assert "deadbeef0000" in result.stderr and "stamp --purge" in result.stderr
+    assert query(query_url, "SELECT version_num FROM alembic_version") == [("deadbeef0000",)]
+    project.db("stamp", "--purge", "r1")  # the documented fix works
+    assert project.db("current").stdout.strip() == "r1 (head)"
+
+
+def _exec(url: str, sql: str) -> None:
+    import asyncio
+
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def run() -> None:
+        engine = create_async_engine(url, poolclass=sa.pool.NullPool)
+        async with engine.begin() as conn:
+            await conn.execute(sa.text(sql))
+        await engine.dispose()
+
+    asyncio.run(run())
+
+
+def test_multiple_heads(project: Project) -> None:
+    project.db("init")
+    write_revision(project, "r1", None, CREATE_T)
+    write_revision(project, "r2a", "r1", "    pass\n")
+    write_revision(project, "r2b", "r1", "    pass\n")
+    result = project.quart("db", "upgrade")
+    assert_clean_failure(result, "so 'head' is ambiguous")
+    assert "r2a" in result.stderr and "r2b" in result.stderr and "merge" in result.stderr
+    assert "t" not in tables(project.url)
+    project.db("upgrade", "heads")  # still possible on purpose
+    assert sorted(query(project.url, "SELECT version_num FROM alembic_version")) == [
+        ("r2a",),
+        ("r2b",),
+    ]
+
+
+def test_broken_script(project: Project) -> None:
+    project.db("init")
+    write_revision(project, "r1", None, "    op.create_table('t'\n")
+    result = project.quart("db", "upgrade")
+    assert_clean_failure(result, "Cannot load")
+    assert "r1_x.py, line" in result.stderr
+    assert tables(project.url) == {}
+    result = project.quart("db", "-v", "upgrade")
+    assert result.returncode == 1 and "Traceback" in result.stderr  # -v shows it
+
+
+def test_failing_revision_rolled_back(project: Project) -> None:
+    project.db("init")
+    write_revision(project, "r1", None, CREATE_T)
+    write_revision(
+        project,
+        "r2",
+        "r1",
+        "    op.create_table('half', sa.Column('id', sa.Integer))\n"
+        "    op.execute('INSERT INTO no_such_table VALUES (1)')\n",
+    )
+    result = project.quart("db", "upgrade")
+    assert_clean_failure(result, "Its transaction was rolled back")
+    assert "Revision r2 failed" in result.stderr and "now at r1" in result.stderr
+    assert "half" not in tables(project.url)
+
+
+def test_init_twice_migrate_behind_downgrade_below_base(project: Project) -> None:
+    project.db("init")
+    assert_clean_failure(project.quart("db", "init"), "already set up")
+    assert_clean_failure(project.quart("db", "downgrade"), "nothing to downgrade")
+    project.db("migrate", "-m", "first")
+    project.write_models(MODELS_V2)
+    assert_clean_failure(
+        project.quart("db", "migrate", "-m", "second"),
+        "a new revision generated now would repeat the pending ones",
+    )
+    assert len(project.versions()) == 1
+    assert_clean_failure(
+        project.quart("db", "migrate", "--sql"), "--sql cannot be used with autogenerate"
+    )
+    assert_clean_failure(project.quart("db", "downgrade", "--sql"), "downgrade --sql needs a range")
+
+
+def test_sync_driver_url(project: Project) -> None:
+    (project.path / "app.py").write_text(
+        "import os\nfrom quart import Quart\nfrom async_migrate import Migrate\nfrom models import Base\n"
+        "app = Quart(__name__)\napp.config['SQLALCHEMY_DATABASE_URI'] = os.environ['DATABASE_URL']\n"
+        "Migrate(app, Base)\n"
+    )
+    project.db("init")
+    project.url = project.url.replace("+aiosqlite", "").replace("+asyncpg", "")
+    result = project.quart("db", "current")
+    assert_clean_failure(result, "uses the synchronous driver")
+    assert "+aiosqlite://" in result.stderr or "+asyncpg://" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://postgres:{pw}@127.0.0.1:1/nodb",
+        "postgresql+asyncpg://postgres:{pw}@no-such-host.invalid/nodb",
+        "sqlite+aiosqlite:////no/such/dir/app.db",
+    ],
+)
+def test_unreachable_database(project: Project, url: str) -> None:
+    project.db("init")
+    project.url = url.format(pw=SECRET)
+    result = project.quart("db", "upgrade")
+    assert_clean_failure(result, "Could not connect to the database")
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_no_password_anywhere(pg_url: str, tmp_path: Path) -> None:
+    # Trust authentication accepts any password, so a URL with one really connects.
+    from conftest import APP, MODELS_V1
+
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "app.py").write_text(__import__("textwrap").dedent(APP))
+    secret_url = pg_url.replace("postgres@", f"postgres:{SECRET}@")
+    project = Project(root, secret_url)
+    project.write_models(MODELS_V1)
+    outputs = []
+    for command in (
+        ["init"],
+        ["migrate", "-m", "first"],
+        ["upgrade"],
+        ["current", "-v"],
+        ["history", "-v", "-i"],
+        ["upgrade", "--sql", "base:head"],
+        ["doctor"],
+        ["check"],
+    ):
+        result = project.db(*command)
+        outputs.append(result.stdout + result.stderr)
+    project.write_models(MODELS_V2)
+    for command in (["check"], ["doctor"], ["upgrade", "nosuchrev"], ["-v", "upgrade", "nosuchrev"]):
+        result = project.quart("db", *command)
+        assert result.returncode == 1
+        outputs.append(result.stdout + result.stderr)
+    everything = "\n".join(outputs)
+    assert "***" in everything  # the URL is shown, with the password hidden
+    assert SECRET not in everything
+
+
+def test_doctor(project: Project) -> None:
+    project.db("init")
+    project.db("migrate", "-m", "first")
+    result = project.quart("db", "doctor")
+    assert result.returncode == 1
+    assert "1 revision(s) not applied yet" in result.stdout
+    project.db("upgrade")
+    result = project.db("doctor")
+    assert "Healthy" in result.stdout and "Models match the database." in result.stdout
+    project.write_models(MODELS_V2)
+    result = project.quart("db", "doctor")
+    assert result.returncode == 1
+    assert "add_column account.email" in result.stdout
+    _exec(project.url, "DELETE FROM alembic_version")
+    result = project.quart("db", "doctor")
+    assert result.returncode == 1
+    assert "quart db stamp <revision>" in result.stdout and "account" in result.stdout
+    assert tables(project.url)["account"] == ["id", "name"]  # read-only
+
+
+def test_readme_table_lists_only_real_messages() -> None:
+    phrases = readme_table_phrases()
+    assert len(phrases) >= 10
+    tested = "\n".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
+    for phrase in phrases:
+        assert phrase in tested, f"README phrase {phrase!r} is checked by no test"
+
+
+def test_lock_timeout_names_the_holder(pg_url: str, tmp_path: Path) -> None:
+    import asyncio
+
+    import asyncpg
+
+    from async_migrate.locking import postgres_lock_key
+
+    from conftest import APP, MODELS_V1
+
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "app.py").write_text(__import__("textwrap").dedent(APP))
+    project = Project(root, pg_url)
+    project.write_models(MODELS_V1)
+    project.db("init")
+    project.db("migrate", "-m", "first")
+    database = pg_url.rsplit("/", 1)[1]
+
+    async def hold_and_upgrade() -> tuple[object, int]:
+        holder = await asyncpg.connect(
+            pg_url.replace("+asyncpg", ""), server_settings={"application_name": "stuck-deploy"}
+        )
+        try:
+            key = postgres_lock_key(database, "public", "alembic_version")
+            await holder.execute("SELECT pg_advisory_lock($1)", key)
+            pid = holder.get_server_pid()
+            result = await asyncio.to_thread(project.quart, "db", "upgrade", "--lock-timeout", "1")
+            return result, pid
+        finally:
+            await holder.close()
+
+    result, pid = asyncio.run(hold_and_upgrade())
+    assert_clean_failure(result, "Gave up after waiting")
+    assert f"pid {pid}" in result.stderr and "stuck-deploy" in result.stderr
+    assert "account" not in tables(pg_url)
