@@ -34,6 +34,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from . import script_heads
 from .errors import (
     AsyncMigrateError,
     CommandError,
@@ -274,7 +275,7 @@ class Migrator:
         # Set in code rather than through set_main_option: ConfigParser interpolation would mangle a '%'.
         config.set_main_option("script_location", self.directory.replace("%", "%%"))
         config.set_main_option("path_separator", "os")
-        config.cmd_opts = Namespace(x=[*self.x_arg, *(x_arg or ())])
+        config.cmd_opts = Namespace(x=[*self.x_arg, *(x_arg or ())], quiet=self.stdout is None)
         for opt in opts or ():
             setattr(config.cmd_opts, opt, True)
         config.attributes[SETTINGS_KEY] = {
@@ -290,7 +291,7 @@ class Migrator:
         """Alembic's view of the migration scripts, loaded (so a broken script fails here, by name)."""
         try:
             script = ScriptDirectory.from_config(config or self.get_config())
-            script.revision_map.heads  # noqa: B018 - imports every revision script
+            script_heads.remember_heads(script, script.get_heads())  # imports every revision script
             return script
         except AlembicCommandError as exc:
             raise self._translate(exc) from None
@@ -824,17 +825,30 @@ class Migrator:
                 )
         return heads
 
+    async def _at_cached_heads(self, config: Config, revision: str) -> bool:
+        """The no-op fast path: is the database at the scripts' heads, as known without importing every
+        script? False whenever that cannot be told cheaply; then the full path decides."""
+        heads = script_heads.cached_heads(ScriptDirectory.from_config(config))
+        if heads is None or (revision == "head" and len(heads) != 1):
+            return False
+        async with self.connect() as connection:
+            current = await self.read_current_heads(connection)
+        return set(current) == set(heads)
+
     async def status(self) -> MigrationStatus:
         """Readiness: the database's revision(s), the scripts' heads, and whether a migration is running."""
         self._ensure_directory()
-        script_heads = tuple(self.script_directory().get_heads())
+        config = self.get_config()
+        heads = script_heads.cached_heads(ScriptDirectory.from_config(config))
+        if heads is None:
+            heads = tuple(self.script_directory(config).get_heads())
         async with self.connect() as connection:
             current = await self.read_current_heads(connection)
             migrating = False
             if self.lock:
                 lock = lock_for(connection, self.version_table, self.version_table_schema)
                 migrating = await lock.describe_holder(connection) is not None
-        return MigrationStatus(current, script_heads, migrating)
+        return MigrationStatus(current, heads, migrating)
 
     async def doctor(self) -> Diagnosis:
         """A read-only report: revisions, heads, unknown and pending revisions, multiple heads, tables
@@ -894,6 +908,8 @@ class Migrator:
             raise CommandError(
                 f"A range ({revision!r}) only makes sense with --sql; upgrade to one revision."
             )
+        if revision in ("head", "heads") and await self._at_cached_heads(config, revision):
+            return ()
         script = self.script_directory(config)
         script_heads = set(script.get_heads())
 

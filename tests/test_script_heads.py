@@ -1,0 +1,127 @@
+"""The no-op fast path knows the heads without importing every script, and never misses a change."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from async_migrate import Migrator, MultipleHeadsError, UnknownRevisionError
+from async_migrate.script_heads import CACHE_FILE, cached_heads
+
+pytestmark = pytest.mark.anyio
+
+
+def write_rev(directory: Path, rev: str, down: object, extra: str = "") -> Path:
+    path = directory / "versions" / f"{rev}_r.py"
+    path.write_text(
+        f'"""{rev}\n\nRevision ID: {rev}\n"""\nfrom alembic import op\n\n'
+        f"revision: str = {rev!r}\ndown_revision = {down!r}  # parent\n"
+        f"branch_labels = None\ndepends_on = None\n{extra}\n"
+        "def upgrade() -> None:\n    pass\n\n\ndef downgrade() -> None:\n    pass\n"
+    )
+    return path
+
+
+def alembic_heads(directory: Path) -> tuple[str, ...]:
+    config = Config()
+    config.set_main_option("script_location", str(directory))
+    return tuple(sorted(ScriptDirectory.from_config(config).get_heads()))
+
+
+def script(directory: Path) -> ScriptDirectory:
+    config = Config()
+    config.set_main_option("script_location", str(directory))
+    return ScriptDirectory.from_config(config)
+
+
+@pytest.fixture
+async def migrations(tmp_path: Path, sqlite_url: str) -> Path:
+    directory = tmp_path / "migrations"
+    async with Migrator(sqlite_url, None, directory, stdout=None) as migrator:
+        await migrator.init()
+    return directory
+
+
+async def test_headers_agree_with_alembic_on_branches_and_merges(migrations: Path) -> None:
+    write_rev(migrations, "a", None)
+    write_rev(migrations, "b1", "a")
+    write_rev(migrations, "b2", "a")
+    write_rev(migrations, "m", ("b1", "b2"))
+    write_rev(migrations, "c", "m")
+    write_rev(migrations, "d", "a")
+    assert cached_heads(script(migrations)) == alembic_heads(migrations) == ("c", "d")
+    cache = json.loads((migrations / CACHE_FILE).read_text())
+    assert cache["heads"] == ["c", "d"]
+
+
+async def test_unusual_header_falls_back_to_alembic(migrations: Path) -> None:
+    write_rev(migrations, "a", None)
+    path = write_rev(migrations, "b", "a")
+    path.write_text(path.read_text().replace("down_revision = 'a'", "down_revision = PARENT"))
+    path.write_text("PARENT = 'a'\n" + path.read_text())
+    assert cached_heads(script(migrations)) is None
+    assert alembic_heads(migrations) == ("b",)
+
+
+async def test_a_stale_cache_is_never_trusted(migrations: Path) -> None:
+    write_rev(migrations, "a", None)
+    assert cached_heads(script(migrations)) == ("a",)
+    write_rev(migrations, "b", "a")  # a new file changes the fingerprint
+    assert cached_heads(script(migrations)) == ("b",)
+    path = migrations / "versions" / "b_r.py"
+    path.write_text(path.read_text().replace("down_revision = 'a'", "down_revision = None"))
+    os.utime(path, ns=(1, 1))  # even an edit with an old mtime changes size or mtime_ns
+    assert cached_heads(script(migrations)) == ("a", "b")
+
+
+async def test_upgrade_never_misses_an_added_edited_or_removed_script(
+    migrations: Path, sqlite_url: str
+) -> None:
+    async with Migrator(sqlite_url, None, migrations, stdout=None) as migrator:
+        write_rev(migrations, "a", None)
+        assert await migrator.upgrade() == ("a",)
+        assert await migrator.upgrade() == ()  # the fast path
+        assert (migrations / CACHE_FILE).exists()
+
+        write_rev(migrations, "b", "a")  # added
+        assert await migrator.upgrade() == ("b",)
+
+        write_rev(migrations, "c", "a")  # a second head by an edit elsewhere
+        with pytest.raises(MultipleHeadsError):
+            await migrator.upgrade()
+        (migrations / "versions" / "c_r.py").unlink()
+
+        (migrations / "versions" / "b_r.py").unlink()  # removed: the database is at b
+        with pytest.raises(UnknownRevisionError):
+            await migrator.upgrade()
+
+
+async def test_poisoned_cache_with_wrong_fingerprint_is_ignored(
+    migrations: Path, sqlite_url: str
+) -> None:
+    write_rev(migrations, "a", None)
+    (migrations / CACHE_FILE).write_text(
+        json.dumps({"format": 1, "fingerprint": "not-this-one", "heads": []})
+    )
+    async with Migrator(sqlite_url, None, migrations, stdout=None) as migrator:
+        assert await migrator.upgrade() == ("a",)
+
+
+async def test_read_only_migrations_folder_works(migrations: Path, sqlite_url: str) -> None:
+    if os.geteuid() == 0:
+        # root writes anyway: simulate the failure with a directory where the file must go
+        (migrations / CACHE_FILE).mkdir()
+    else:
+        migrations.chmod(0o555)
+    write_rev(migrations, "a", None)
+    try:
+        async with Migrator(sqlite_url, None, migrations, stdout=None) as migrator:
+            assert await migrator.upgrade() == ("a",)
+            assert await migrator.upgrade() == ()
+    finally:
+        migrations.chmod(0o755)
