@@ -273,6 +273,41 @@ def merge(
     )
 
 
+def _ddl_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--statement-timeout",
+        type=float,
+        default=None,
+        help="PostgreSQL: seconds any migration statement may run (default: no limit)",
+    )(f)
+    f = click.option(
+        "--ddl-retries",
+        type=click.IntRange(min=1),
+        default=None,
+        help="How many times a revision that hit the DDL lock timeout is tried in all (default 5)",
+    )(f)
+    return click.option(
+        "--ddl-lock-timeout",
+        type=float,
+        default=None,
+        help="PostgreSQL: seconds a statement may wait for a table lock before its revision is rolled "
+        "back and retried (default 5; 0 waits forever)",
+    )(f)
+
+
+def _ddl_overrides(
+    ddl_lock_timeout: float | None, ddl_retries: int | None, statement_timeout: float | None
+) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if ddl_lock_timeout is not None:
+        overrides["ddl_lock_timeout"] = ddl_lock_timeout or None
+    if ddl_retries is not None:
+        overrides["ddl_retry_attempts"] = ddl_retries
+    if statement_timeout is not None:
+        overrides["statement_timeout"] = statement_timeout or None
+    return overrides
+
+
 def _lock_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
         "--lock-timeout",
@@ -321,6 +356,7 @@ def _locked_run(
 )
 @click.option("-x", "--x-arg", multiple=True, help=X_ARG_HELP)
 @_lock_options
+@_ddl_options
 @click.argument("revision", default="head")
 @click.pass_context
 def upgrade(
@@ -331,6 +367,9 @@ def upgrade(
     x_arg: tuple[str, ...],
     no_lock: bool,
     lock_timeout: float | None,
+    ddl_lock_timeout: float | None,
+    ddl_retries: int | None,
+    statement_timeout: float | None,
     revision: str,
 ) -> None:
     """Upgrade to a later version"""
@@ -339,7 +378,10 @@ def upgrade(
         lambda m: m.upgrade(revision, sql, tag),
         directory,
         x_arg,
-        _lock_overrides(no_lock, lock_timeout),
+        {
+            **_lock_overrides(no_lock, lock_timeout),
+            **_ddl_overrides(ddl_lock_timeout, ddl_retries, statement_timeout),
+        },
     )
 
 
@@ -353,6 +395,7 @@ def upgrade(
 )
 @click.option("-x", "--x-arg", multiple=True, help=X_ARG_HELP)
 @_lock_options
+@_ddl_options
 @click.argument("revision", default="-1")
 @click.pass_context
 def downgrade(
@@ -363,6 +406,9 @@ def downgrade(
     x_arg: tuple[str, ...],
     no_lock: bool,
     lock_timeout: float | None,
+    ddl_lock_timeout: float | None,
+    ddl_retries: int | None,
+    statement_timeout: float | None,
     revision: str,
 ) -> None:
     """Revert to a previous version"""
@@ -371,7 +417,10 @@ def downgrade(
         lambda m: m.downgrade(revision, sql, tag),
         directory,
         x_arg,
-        _lock_overrides(no_lock, lock_timeout),
+        {
+            **_lock_overrides(no_lock, lock_timeout),
+            **_ddl_overrides(ddl_lock_timeout, ddl_retries, statement_timeout),
+        },
     )
 
 

@@ -76,3 +76,17 @@ class LockTimeoutError(LockError):
 
 class LockNotSupportedError(LockError, ConfigurationError):
     """Locking was asked for on a database for which async_migrate has no lock."""
+
+
+class DDLLockTimeoutError(MigrationFailedError):
+    """A revision could not get its table locks within ``ddl_lock_timeout`` on any of its attempts."""
+
+    def __init__(
+        self,
+        message: str,
+        revision: str | None,
+        current_heads: Sequence[str],
+        blockers: Sequence[str],
+    ) -> None:
+        super().__init__(message, revision, current_heads)
+        self.blockers = tuple(blockers)

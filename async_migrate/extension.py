@@ -52,6 +52,10 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "MIGRATE_CONNECT_TIMEOUT": 30.0,
     "MIGRATE_ALLOW_DB_AHEAD": False,
     "MIGRATE_HEALTHZ": False,
+    "MIGRATE_DDL_LOCK_TIMEOUT": "auto",
+    "MIGRATE_DDL_RETRY_ATTEMPTS": 5,
+    "MIGRATE_DDL_RETRY_BACKOFF": 2.0,
+    "MIGRATE_STATEMENT_TIMEOUT": None,
 }
 
 
@@ -140,6 +144,10 @@ class MigrateState:
             "lock": self.settings["MIGRATE_LOCK"],
             "lock_timeout": self.settings["MIGRATE_LOCK_TIMEOUT"],
             "connect_timeout": 0.0,
+            "ddl_lock_timeout": self.settings["MIGRATE_DDL_LOCK_TIMEOUT"],
+            "ddl_retry_attempts": self.settings["MIGRATE_DDL_RETRY_ATTEMPTS"],
+            "ddl_retry_backoff": self.settings["MIGRATE_DDL_RETRY_BACKOFF"],
+            "statement_timeout": self.settings["MIGRATE_STATEMENT_TIMEOUT"],
             **overrides,
         }
         return Migrator(
@@ -175,6 +183,11 @@ class Migrate:
       scripts don't know (a newer release migrated it) instead of refusing to start.
     - ``healthz`` / ``MIGRATE_HEALTHZ`` (False): register ``GET /healthz`` (or the path given as a string):
       200 with the revision when the database is at head, 503 otherwise.
+    - ``ddl_lock_timeout`` / ``MIGRATE_DDL_LOCK_TIMEOUT`` ("auto": 5 s on PostgreSQL): seconds a migration
+      statement may wait for a table lock before its revision is rolled back and retried (None: forever).
+    - ``ddl_retry_attempts`` / ``MIGRATE_DDL_RETRY_ATTEMPTS`` (5) and ``ddl_retry_backoff`` /
+      ``MIGRATE_DDL_RETRY_BACKOFF`` (2 s, doubling): how often and how patiently.
+    - ``statement_timeout`` / ``MIGRATE_STATEMENT_TIMEOUT`` (None): seconds any migration statement may run.
     """
 
     def __init__(
@@ -194,6 +207,10 @@ class Migrate:
         connect_timeout: float | None = None,
         allow_db_ahead: bool | None = None,
         healthz: bool | str | None = None,
+        ddl_lock_timeout: float | str | None = None,
+        ddl_retry_attempts: int | None = None,
+        ddl_retry_backoff: float | None = None,
+        statement_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
         self.configure_callbacks: list[ConfigureCallback] = []
@@ -209,6 +226,10 @@ class Migrate:
             "MIGRATE_CONNECT_TIMEOUT": connect_timeout,
             "MIGRATE_ALLOW_DB_AHEAD": allow_db_ahead,
             "MIGRATE_HEALTHZ": healthz,
+            "MIGRATE_DDL_LOCK_TIMEOUT": ddl_lock_timeout,
+            "MIGRATE_DDL_RETRY_ATTEMPTS": ddl_retry_attempts,
+            "MIGRATE_DDL_RETRY_BACKOFF": ddl_retry_backoff,
+            "MIGRATE_STATEMENT_TIMEOUT": statement_timeout,
         }
         self.alembic_ctx_kwargs = dict(kwargs)
         self.alembic_ctx_kwargs["compare_type"] = compare_type

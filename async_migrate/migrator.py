@@ -35,11 +35,21 @@ from sqlalchemy.exc import DBAPIError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from . import script_heads
+from .ddl_guard import (
+    DEFAULT_POSTGRES_DDL_LOCK_TIMEOUT,
+    AutocommitTracker,
+    BlockerWatcher,
+    DDLGuard,
+    is_lock_timeout,
+    reset_session_timeouts,
+    set_session_timeouts,
+)
 from .errors import (
     AsyncMigrateError,
     CommandError,
     ConfigurationError,
     DatabaseUnreachableError,
+    DDLLockTimeoutError,
     LockTimeoutError,
     MigrationFailedError,
     ModelsDifferError,
@@ -172,6 +182,13 @@ class Migrator:
     :param stdout: where Alembic's text output goes (history listings, ``--sql`` output); ``None`` drops it.
     :param configure: callbacks that receive the Alembic :class:`~alembic.config.Config` and return it.
     :param x_arg: ``-x`` arguments passed to env.py with every command.
+    :param ddl_lock_timeout: PostgreSQL only: seconds a migration statement may wait for a table lock
+        (``SET lock_timeout`` on the migration session, never on the app's connections) before its revision
+        is rolled back and retried, so that a migration blocked by a long transaction does not queue every
+        query on the table behind it. ``"auto"`` (default): 5 s; None: wait forever.
+    :param ddl_retry_attempts: how many times a revision that hit the DDL lock timeout is tried in all.
+    :param ddl_retry_backoff: seconds before the second attempt, doubled for each further one.
+    :param statement_timeout: PostgreSQL only: seconds any migration statement may run; None: no limit.
     :param context_kwargs: passed to ``context.configure()`` in env.py (``compare_type``, ``render_as_batch``,
         ``version_table``, ``include_object``, ...). ``compare_type`` and ``render_as_batch`` default to True
         and ``transaction_per_migration`` to True, so that a failed revision is rolled back alone.
@@ -189,6 +206,10 @@ class Migrator:
         stdout: TextIO | None = SYS_STDOUT,
         configure: Iterable[ConfigureCallback] = (),
         x_arg: Sequence[str] = (),
+        ddl_lock_timeout: float | str | None = "auto",
+        ddl_retry_attempts: int = 5,
+        ddl_retry_backoff: float = 2.0,
+        statement_timeout: float | None = None,
         **context_kwargs: Any,
     ) -> None:
         if isinstance(engine_or_url, AsyncEngine):
@@ -215,6 +236,16 @@ class Migrator:
         self.stdout = stdout
         self.configure_callbacks = list(configure)
         self.x_arg = list(x_arg)
+        if ddl_lock_timeout not in ("auto", None) and not isinstance(
+            ddl_lock_timeout, (int, float)
+        ):
+            raise ConfigurationError(
+                f"ddl_lock_timeout must be a number of seconds, None (off) or 'auto', not {ddl_lock_timeout!r}."
+            )
+        self.ddl_lock_timeout = ddl_lock_timeout
+        self.ddl_retry_attempts = ddl_retry_attempts
+        self.ddl_retry_backoff = ddl_retry_backoff
+        self.statement_timeout = statement_timeout
         self.context_kwargs: dict[str, Any] = {
             "compare_type": True,
             "render_as_batch": True,
@@ -1017,16 +1048,114 @@ class Migrator:
 
         async def work(connection: AsyncConnection, current: tuple[str, ...]) -> None:
             recorder.start()
-            try:
-                await self._alembic(call, config, connection)
-            except AsyncMigrateError:
-                raise
-            except Exception as exc:
-                raise await self._failed(exc, script, target, recorder) from exc
+            guard = self.ddl_guard(connection.dialect.name)
+            if guard is None or not guard.active:
+                try:
+                    await self._alembic(call, config, connection)
+                except AsyncMigrateError:
+                    raise
+                except Exception as exc:
+                    raise await self._failed(exc, script, target, recorder, connection) from exc
+            else:
+                await self._guarded(call, config, connection, script, target, recorder, guard)
             recorder.summarise()
 
         await self._locked(work, is_done=is_done, check=check)
         return tuple(recorder.applied)
+
+    def ddl_guard(self, dialect: str) -> DDLGuard | None:
+        """The session timeouts and retries for a migration on ``dialect`` (PostgreSQL only)."""
+        if dialect != "postgresql":
+            return None
+        lock_timeout = (
+            DEFAULT_POSTGRES_DDL_LOCK_TIMEOUT
+            if self.ddl_lock_timeout == "auto"
+            else self.ddl_lock_timeout
+        )
+        return DDLGuard(
+            lock_timeout=float(lock_timeout) if lock_timeout else None,
+            attempts=max(1, int(self.ddl_retry_attempts)),
+            backoff=float(self.ddl_retry_backoff),
+            statement_timeout=float(self.statement_timeout) if self.statement_timeout else None,
+        )
+
+    async def _guarded(
+        self,
+        call: Callable[[Config], None],
+        config: Config,
+        connection: AsyncConnection,
+        script: ScriptDirectory,
+        target: str | None,
+        recorder: _AppliedRecorder,
+        guard: DDLGuard,
+    ) -> None:
+        """Run the migration with the session's lock_timeout set, retrying a revision that timed out waiting
+        for a table lock when its transaction was rolled back entirely."""
+        backend_pid = int(
+            (await connection.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
+        )
+        await set_session_timeouts(connection, guard)
+        sync_connection = connection.sync_connection
+        if sync_connection is None:  # the connection was closed under us
+            raise CommandError("The migration connection closed before the migration could start.")
+        tracker = AutocommitTracker(sync_connection)
+        recorder.on_revision = tracker.revision_done
+        try:
+            attempt = 1
+            while True:
+                watcher = BlockerWatcher(self.engine, backend_pid)
+                try:
+                    async with watcher.running():
+                        await self._alembic(call, config, connection)
+                    return
+                except AsyncMigrateError:
+                    raise
+                except Exception as exc:
+                    timed_out = is_lock_timeout(exc)
+                    # A relative target (-1, +2) would mean something else once some revisions are done.
+                    relative = target is None or "+" in target or "-" in target
+                    retryable = (
+                        timed_out
+                        and not tracker.since_last_revision
+                        and not (relative and recorder.applied)
+                        and attempt < guard.attempts
+                    )
+                    if not retryable:
+                        failure = await self._failed(exc, script, target, recorder, connection)
+                        if not timed_out:
+                            raise failure from exc
+                        raise DDLLockTimeoutError(
+                            f"Revision {failure.revision or '(unknown)'} could not get the table locks it "
+                            f"needs within {guard.lock_timeout:g}s on {attempt} attempt(s), blocked by "
+                            f"{watcher.describe()}. Nothing of it was applied; the database is at "
+                            f"{', '.join(failure.current_heads) or 'base (no revision)'}. Retry later, "
+                            "raise the DDL lock timeout (ddl_lock_timeout / MIGRATE_DDL_LOCK_TIMEOUT / "
+                            f"--ddl-lock-timeout), or end the blocking session{watcher.terminate_hint()}.",
+                            failure.revision,
+                            failure.current_heads,
+                            list(watcher.blockers.values()),
+                        ) from exc
+                    pause = guard.pause(attempt)
+                    log.warning(
+                        "A revision waited more than %gs for a table lock (attempt %d of %d), blocked by "
+                        "%s; its transaction was rolled back; retrying in %.1fs",
+                        guard.lock_timeout,
+                        attempt,
+                        guard.attempts,
+                        watcher.describe(),
+                        pause,
+                    )
+                    await connection.rollback()
+                    await asyncio.sleep(pause)
+                    attempt += 1
+        finally:
+            tracker.close()
+            recorder.on_revision = None
+            try:
+                await reset_session_timeouts(connection)
+            except Exception:
+                # Never let the pool lend out a session with our timeouts.
+                await _discard(connection)
 
     async def _failed(
         self,
@@ -1034,14 +1163,23 @@ class Migrator:
         script: ScriptDirectory,
         target: str | None,
         recorder: _AppliedRecorder,
+        connection: AsyncConnection,
     ) -> MigrationFailedError:
-        """Describe a revision that raised: which one, what was rolled back, where the database is now."""
+        """Describe a revision that raised: which one, what was rolled back, where the database is now.
+
+        Reads the version table on the migration connection itself (after a rollback): a second connection
+        might not be had from a small pool.
+        """
+        transactional = connection.dialect.name in ("postgresql", "sqlite")
         try:
-            async with self.connect() as connection:
-                now_at = await self.read_current_heads(connection)
-                transactional = connection.dialect.name in ("postgresql", "sqlite")
-        except AsyncMigrateError:
-            now_at, transactional = (), False
+            await connection.rollback()
+            now_at = await self.read_current_heads(connection)
+        except Exception:
+            try:
+                async with self.connect() as fresh:
+                    now_at = await self.read_current_heads(fresh)
+            except AsyncMigrateError:
+                now_at = ()
         failed: str | None = None
         try:
             if target is None:  # downgrade: the revision being undone is the one the database is at
@@ -1080,6 +1218,7 @@ class _AppliedRecorder:
         self.url = url
         self.applied: list[str] = []
         self.durations: list[tuple[float, str]] = []
+        self.on_revision: Callable[[], None] | None = None
         self._started = self._mark = time.monotonic()
 
     def start(self) -> None:
@@ -1090,6 +1229,8 @@ class _AppliedRecorder:
     ) -> None:
         now = time.monotonic()
         elapsed, self._mark = now - self._mark, now
+        if self.on_revision is not None:
+            self.on_revision()
         if step.is_stamp:
             return
         revision = step.up_revision_id or ""

@@ -1,0 +1,177 @@
+"""Migrations against a live database must not stall its traffic.
+
+On PostgreSQL an ``ALTER TABLE`` waits for an ACCESS EXCLUSIVE lock; while it waits, every later query on
+that table queues behind it. With ``lock_timeout`` set on the migration session only, a blocked revision
+gives up quickly (its transaction rolls back entirely) and is retried after a pause, while a watcher on a
+second connection records which sessions blocked it (``pg_blocking_pids``), for the log and the final error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+log = logging.getLogger("async_migrate")
+
+#: SQLSTATE ``lock_not_available``: what a ``lock_timeout`` raises.
+LOCK_NOT_AVAILABLE = "55P03"
+
+#: ``ddl_lock_timeout`` when none is given: seconds on PostgreSQL; off elsewhere.
+DEFAULT_POSTGRES_DDL_LOCK_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class DDLGuard:
+    """How a migration session behaves towards the live database's locks.
+
+    :param lock_timeout: seconds a statement may wait for a table lock (``SET lock_timeout``); None: forever.
+    :param attempts: how many times a revision that hit the lock timeout is tried in all.
+    :param backoff: seconds before the second attempt; doubled for each further one.
+    :param statement_timeout: seconds any one statement may run (``SET statement_timeout``); None: forever.
+    """
+
+    lock_timeout: float | None = DEFAULT_POSTGRES_DDL_LOCK_TIMEOUT
+    attempts: int = 5
+    backoff: float = 2.0
+    statement_timeout: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.lock_timeout is not None or self.statement_timeout is not None
+
+    def pause(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return float(min(60.0, self.backoff * 2 ** (attempt - 1)))
+
+
+async def set_session_timeouts(connection: AsyncConnection, guard: DDLGuard) -> None:
+    """Set the timeouts on this session only; :func:`reset_session_timeouts` undoes them."""
+    for name, seconds in (
+        ("lock_timeout", guard.lock_timeout),
+        ("statement_timeout", guard.statement_timeout),
+    ):
+        if seconds is not None:
+            await connection.execute(text(f"SET {name} = {int(seconds * 1000)}"))
+    await connection.commit()
+
+
+async def reset_session_timeouts(connection: AsyncConnection) -> None:
+    """Give the session back as the pool lent it: the app's connections keep their own timeouts."""
+    await connection.rollback()
+    await connection.execute(text("RESET lock_timeout"))
+    await connection.execute(text("RESET statement_timeout"))
+    await connection.commit()
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        for candidate in (current, getattr(current, "orig", None)):
+            state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+            if state == LOCK_NOT_AVAILABLE:
+                return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+@dataclass
+class BlockerWatcher:
+    """Polls, on its own connection, which sessions block the migration session, while an attempt runs."""
+
+    engine: AsyncEngine
+    backend_pid: int
+    interval: float = 0.2
+    blockers: dict[int, str] = field(default_factory=dict)
+
+    async def _watch(self) -> None:
+        query = text(
+            "SELECT a.pid, a.application_name, a.state, "
+            "extract(epoch FROM now() - a.xact_start)::float8, left(a.query, 80) "
+            "FROM pg_stat_activity a WHERE a.pid = ANY(pg_blocking_pids(:pid))"
+        )
+        # Most attempts finish at once: only one that is still running after a moment gets watched.
+        await asyncio.sleep(self.interval)
+        # From the app's pool when it has room; a full pool only costs the blocker's name. The connect
+        # runs on as its own task so that cancelling the watcher mid-connect cannot strand a connection.
+        connecting = asyncio.ensure_future(self.engine.connect())
+        try:
+            done, _ = await asyncio.wait({connecting}, timeout=2.0)
+        except asyncio.CancelledError:
+            connecting.add_done_callback(_close_when_connected)
+            raise
+        if not done or connecting.exception() is not None:
+            connecting.add_done_callback(_close_when_connected)
+            log.debug("No connection to watch for blocking sessions")
+            return
+        connection = connecting.result()
+        try:
+            while True:
+                for pid, app, state, open_for, statement in await connection.execute(
+                    query, {"pid": self.backend_pid}
+                ):
+                    self.blockers[pid] = (
+                        f"pid {pid} (application_name {app!r}, state {state!r}, transaction open "
+                        f"{open_for or 0:.0f}s, last statement {statement!r})"
+                    )
+                await connection.rollback()
+                await asyncio.sleep(self.interval)
+        except Exception as exc:
+            log.debug("Stopped watching for blocking sessions: %s", exc)
+        finally:
+            await asyncio.shield(connection.close())
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[BlockerWatcher]:
+        task = asyncio.create_task(self._watch())
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+    def describe(self) -> str:
+        return "; ".join(self.blockers.values()) or "a session that let go before it could be seen"
+
+    def terminate_hint(self) -> str:
+        pids = ", ".join(f"SELECT pg_terminate_backend({pid})" for pid in self.blockers)
+        return f" ({pids})" if pids else ""
+
+
+def _close_when_connected(connecting: asyncio.Future[AsyncConnection]) -> None:
+    if not connecting.cancelled() and connecting.exception() is None:
+        _pending_closes.add(task := asyncio.ensure_future(connecting.result().close()))
+        task.add_done_callback(_pending_closes.discard)
+
+
+# Strong references to close() tasks started from callbacks, which the loop alone would not keep.
+_pending_closes: set[asyncio.Future[None]] = set()
+
+
+class AutocommitTracker:
+    """Notices a revision entering Alembic's ``autocommit_block()``: its statements are committed as they
+    run, so after a failure it was not rolled back entirely and must not be retried."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.since_last_revision = False
+        event.listen(connection, "set_connection_execution_options", self._seen_options)
+
+    def _seen_options(self, conn: Connection, options: dict[str, object]) -> None:
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            self.since_last_revision = True
+
+    def revision_done(self) -> None:
+        self.since_last_revision = False
+
+    def close(self) -> None:
+        event.remove(self.connection, "set_connection_execution_options", self._seen_options)
