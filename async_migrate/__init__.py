@@ -12,6 +12,7 @@ from .errors import (
     CommandError,
     ConfigurationError,
     DatabaseUnreachableError,
+    DDLLockTimeoutError,
     LockError,
     LockNotSupportedError,
     LockTimeoutError,
@@ -20,6 +21,7 @@ from .errors import (
     MultipleHeadsError,
     NotUpToDateError,
     UnknownRevisionError,
+    UnreviewedWarningsError,
 )
 from .migrator import MigrationStatus, Migrator
 
@@ -75,6 +77,7 @@ __all__ = [
     "AsyncMigrateError",
     "CommandError",
     "ConfigurationError",
+    "DDLLockTimeoutError",
     "DatabaseUnreachableError",
     "LockError",
     "LockNotSupportedError",
@@ -87,6 +90,7 @@ __all__ = [
     "MultipleHeadsError",
     "NotUpToDateError",
     "UnknownRevisionError",
+    "UnreviewedWarningsError",
     "branches",
     "check",
     "current",

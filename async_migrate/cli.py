@@ -20,6 +20,7 @@ from quart.cli import ScriptInfo
 from .errors import AsyncMigrateError
 from .extension import MigrateState, _state, engine_of
 from .migrator import Migrator
+from .review import RenamePolicy
 
 T = TypeVar("T")
 
@@ -137,6 +138,30 @@ def init(
     _run(ctx, lambda m: m.init(template, package), directory)
 
 
+RENAMES_HELP = (
+    "What to do with a drop + add that may be a rename: ask (the default on a terminal), yes (rename), "
+    "no (keep drop + add, with a warning; the default otherwise)"
+)
+
+
+def _rename_policy(renames: str | None) -> RenamePolicy:
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if renames == "ask" or (renames is None and interactive):
+        if not interactive:
+            click.echo(
+                "Warning: --renames=ask needs a terminal; treating every candidate as no.", err=True
+            )
+            return "no"
+        return lambda candidate: click.confirm(candidate.question(), default=False)
+    return "yes" if renames == "yes" else "no"
+
+
+def _report_review(migrator: Migrator) -> None:
+    if migrator.last_review is not None:
+        for message in migrator.last_review.messages():
+            click.echo(f"WARNING: {message}", err=True)
+
+
 def _revision_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
@@ -181,6 +206,7 @@ def _revision_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 @db.command()
 @_revision_options
+@click.option("--renames", type=click.Choice(["ask", "yes", "no"]), default=None, help=RENAMES_HELP)
 @click.option(
     "--autogenerate",
     is_flag=True,
@@ -198,21 +224,25 @@ def revision(
     version_path: str | None,
     rev_id: str | None,
     x_arg: tuple[str, ...],
+    renames: str | None,
     autogenerate: bool,
 ) -> None:
     """Create a new revision file."""
-    _run(
-        ctx,
-        lambda m: m.revision(
-            message, autogenerate, sql, head, splice, branch_label, version_path, rev_id
-        ),
-        directory,
-        x_arg,
-    )
+    policy: RenamePolicy = _rename_policy(renames) if autogenerate else "no"
+
+    async def action(m: Migrator) -> None:
+        await m.revision(
+            message, autogenerate, sql, head, splice, branch_label, version_path, rev_id,
+            renames=policy,
+        )  # fmt: skip
+        _report_review(m)
+
+    _run(ctx, action, directory, x_arg)
 
 
 @db.command()
 @_revision_options
+@click.option("--renames", type=click.Choice(["ask", "yes", "no"]), default=None, help=RENAMES_HELP)
 @click.option("--autogenerate", is_flag=True, hidden=True, help="Always on for migrate")
 @click.pass_context
 def migrate(
@@ -226,15 +256,20 @@ def migrate(
     version_path: str | None,
     rev_id: str | None,
     x_arg: tuple[str, ...],
+    renames: str | None,
     autogenerate: bool,
 ) -> None:
     """Autogenerate a new revision file (Alias for 'revision --autogenerate')"""
-    script = _run(
-        ctx,
-        lambda m: m.migrate(message, sql, head, splice, branch_label, version_path, rev_id),
-        directory,
-        x_arg,
-    )
+    policy = _rename_policy(renames)
+
+    async def action(m: Migrator) -> Any:
+        script = await m.migrate(
+            message, sql, head, splice, branch_label, version_path, rev_id, renames=policy
+        )
+        _report_review(m)
+        return script
+
+    script = _run(ctx, action, directory, x_arg)
     if script is None and not sql:
         click.echo("No changes in schema detected; no revision file written.")
 
@@ -525,10 +560,16 @@ def stamp(
 
 @db.command()
 @click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Also fail while a revision script still has a '# WARNING:' comment from the autogenerate "
+    "review",
+)
 @click.pass_context
-def check(ctx: click.Context, directory: str | None) -> None:
+def check(ctx: click.Context, directory: str | None, strict: bool) -> None:
     """Check if there are any new operations to migrate"""
-    _run(ctx, lambda m: m.check(), directory)
+    _run(ctx, lambda m: m.check(strict), directory)
 
 
 @db.command()

@@ -90,3 +90,11 @@ class DDLLockTimeoutError(MigrationFailedError):
     ) -> None:
         super().__init__(message, revision, current_heads)
         self.blockers = tuple(blockers)
+
+
+class UnreviewedWarningsError(AsyncMigrateError):
+    """``check --strict`` found ``# WARNING:`` comments of the autogenerate review still in the scripts."""
+
+    def __init__(self, message: str, warnings: Sequence[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.warnings = list(warnings)

@@ -41,8 +41,16 @@ async def _pg_admin(*statements: str) -> None:
 
 
 def pg_admin(*statements: str) -> None:
-    """Run statements on the server's ``postgres`` database."""
-    asyncio.run(_pg_admin(*statements))
+    """Run statements on the server's ``postgres`` database (from sync or async code)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(_pg_admin(*statements))
+        return
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _pg_admin(*statements)).result()
 
 
 _pg_problem: str | None = None
@@ -56,8 +64,13 @@ def require_postgres() -> None:
         _pg_checked = True
         try:
             pg_admin("SELECT 1")
-        except Exception as exc:
+        except (TimeoutError, OSError, ConnectionError) as exc:
             _pg_problem = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            if type(exc).__module__.startswith("asyncpg"):
+                _pg_problem = f"{type(exc).__name__}: {exc}"
+            else:
+                raise
     if _pg_problem is not None:
         message = f"PostgreSQL at {PG_SERVER} is unreachable ({_pg_problem})"
         if IN_CI:
