@@ -66,7 +66,13 @@ def _run(
 
 async def _dispose_app_engine(state: MigrateState) -> None:
     # The pool's connections belong to this command's event loop, which ends with the command.
-    for source in (state.engine_source, getattr(state.db, "engine", None)):
+    bind_sources = [
+        spec[0] if isinstance(spec, tuple) and len(spec) == 2 else getattr(spec, "engine", None)
+        for spec in state.binds.values()
+    ]
+    for source in (state.engine_source, getattr(state.db, "engine", None), *bind_sources):
+        if isinstance(source, str):
+            continue
         if source is not None:
             try:
                 engine = engine_of(source)
@@ -117,7 +123,7 @@ def list_templates(ctx: click.Context) -> None:
 
 @db.command()
 @click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
-@click.option("--multidb", is_flag=True, help="Support multiple databases (not available yet)")
+@click.option("--multidb", is_flag=True, help="Support multiple databases (template async-multidb)")
 @click.option(
     "-t", "--template", default=None, help='Repository template to use (default is "async")'
 )
@@ -131,11 +137,8 @@ def init(
     ctx: click.Context, directory: str | None, multidb: bool, template: str | None, package: bool
 ) -> None:
     """Creates a new migration repository."""
-    if multidb:
-        raise click.ClickException(
-            "--multidb is not supported yet: use one migrations folder per database."
-        )
-    _run(ctx, lambda m: m.init(template, package), directory)
+    chosen = template or ("async-multidb" if multidb else None)
+    _run(ctx, lambda m: m.init(chosen, package), directory)
 
 
 RENAMES_HELP = (

@@ -56,7 +56,27 @@ class Diagnosis:
 
 
 async def diagnose(migrator: Migrator) -> Diagnosis:
-    """Read the database and the scripts and report, changing nothing."""
+    """Read the database(s) and the scripts and report, changing nothing. In a multi-database setup each
+    database is examined on its own and the problems are named by database."""
+    if migrator.binds:
+        parts = [
+            (child.bind_name or "(main)", await diagnose(child))
+            for child in migrator.bind_migrators()
+        ]
+        first = parts[0][1]
+        merged = Diagnosis(
+            url=", ".join(part.url for _, part in parts),
+            current_heads=first.current_heads,
+            script_heads=first.script_heads,
+            unknown_revisions=tuple(r for _, part in parts for r in part.unknown_revisions),
+            pending_revisions=tuple(r for _, part in parts for r in part.pending_revisions),
+            untracked_tables=tuple(t for _, part in parts for t in part.untracked_tables),
+            drift=tuple(d for _, part in parts for d in part.drift or ()),
+        )
+        merged.problems = [
+            f"[{name}] {problem}" for name, part in parts for problem in part.problems
+        ]
+        return merged
     from .migrator import describe_diff
 
     found = Diagnosis(url=migrator.url)

@@ -94,6 +94,28 @@ def engine_of(source: Any) -> AsyncEngine | None:
     )
 
 
+def bind_of(name: str, spec: Any, app: Quart) -> tuple[AsyncEngine | str, MetaData | None]:
+    """One entry of ``binds=``: ``(engine source, db)``, an object with ``.engine`` and ``.metadata``, or a
+    db alone whose URL is ``SQLALCHEMY_BINDS[name]``."""
+    if isinstance(spec, tuple) and len(spec) == 2:
+        source, db = spec
+    else:
+        source, db = getattr(spec, "engine", None), spec
+    metadata = metadata_of(db)
+    if isinstance(source, str):
+        return source, metadata
+    engine = engine_of(source) if source is not None else None
+    if engine is not None:
+        return engine, metadata
+    url = (app.config.get("SQLALCHEMY_BINDS") or {}).get(name)
+    if url:
+        return str(url), metadata
+    raise ConfigurationError(
+        f"Bind {name!r} has no database: give binds={{{name!r}: (engine, metadata)}} or set "
+        f"SQLALCHEMY_BINDS[{name!r}] to its URL."
+    )
+
+
 @dataclass
 class MigrateState:
     """What :meth:`Migrate.init_app` keeps for one app, as ``app.extensions["migrate"]``."""
@@ -104,6 +126,7 @@ class MigrateState:
     configure_args: dict[str, Any]
     engine_source: Any = None
     settings: dict[str, Any] = field(default_factory=dict)
+    binds: dict[str, Any] = field(default_factory=dict)
     migrating: bool = False
 
     @property
@@ -154,6 +177,7 @@ class MigrateState:
             self.engine(app),
             self.metadata,
             directory or self.directory,
+            binds={name: bind_of(name, spec, app) for name, spec in self.binds.items()} or None,
             stdout=stdout,
             configure=[self.migrate.call_configure_callbacks],
             x_arg=list(x_arg or ()),
@@ -188,6 +212,11 @@ class Migrate:
     - ``ddl_retry_attempts`` / ``MIGRATE_DDL_RETRY_ATTEMPTS`` (5) and ``ddl_retry_backoff`` /
       ``MIGRATE_DDL_RETRY_BACKOFF`` (2 s, doubling): how often and how patiently.
     - ``statement_timeout`` / ``MIGRATE_STATEMENT_TIMEOUT`` (None): seconds any migration statement may run.
+
+    Several databases: ``binds={"users": (users_engine, UsersBase), ...}`` (an engine source and a db, as
+    for the main database; or an object with ``.engine`` and ``.metadata``; or just the db, with the URL in
+    ``SQLALCHEMY_BINDS["users"]``). Use ``quart db init --multidb``: every command then runs on each
+    database, each with its own version table and lock; the startup upgrade too.
     """
 
     def __init__(
@@ -211,8 +240,10 @@ class Migrate:
         ddl_retry_attempts: int | None = None,
         ddl_retry_backoff: float | None = None,
         statement_timeout: float | None = None,
+        binds: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        self.binds = dict(binds or {})
         self.configure_callbacks: list[ConfigureCallback] = []
         self.db = db
         self.command = command
@@ -260,13 +291,17 @@ class Migrate:
         if render_as_batch is not None:
             ctx_kwargs["render_as_batch"] = render_as_batch
         metadata_of(self.db)  # fail now, not at the first command, on a db we cannot use
+        for spec in self.binds.values():
+            metadata_of(spec[1] if isinstance(spec, tuple) and len(spec) == 2 else spec)
         if self.engine is not None and not callable(self.engine):
             engine_of(self.engine)
         settings = {
             key: value if value is not None else app.config.get(key, CONFIG_DEFAULTS[key])
             for key, value in self.settings.items()
         }
-        state = MigrateState(self, self.db, self.directory, ctx_kwargs, self.engine, settings)
+        state = MigrateState(
+            self, self.db, self.directory, ctx_kwargs, self.engine, settings, dict(self.binds)
+        )
         app.extensions["migrate"] = state
 
         from .cli import db as db_cli_group

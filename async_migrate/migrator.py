@@ -18,7 +18,7 @@ import time
 import traceback
 import weakref
 from argparse import Namespace
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
@@ -212,25 +212,29 @@ class Migrator:
         ddl_retry_attempts: int = 5,
         ddl_retry_backoff: float = 2.0,
         statement_timeout: float | None = None,
+        binds: Mapping[str, tuple[AsyncEngine | URL | str, MetaData | None]] | None = None,
+        bind_name: str | None = None,
         **context_kwargs: Any,
     ) -> None:
-        if isinstance(engine_or_url, AsyncEngine):
-            async_url(engine_or_url.url)
-            self.engine = engine_or_url
-            self._owns_engine = False
-        elif isinstance(engine_or_url, (str, URL)):
-            self.engine = self._engine_for(async_url(engine_or_url))
-            self._owns_engine = True
-        else:
-            raise ConfigurationError(
-                f"Migrator needs an AsyncEngine or a database URL, not {type(engine_or_url).__name__}."
-            )
-        if metadata is not None and not isinstance(metadata, MetaData):
-            raise ConfigurationError(
-                f"metadata must be a sqlalchemy.MetaData (e.g. Base.metadata), "
-                f"not {type(metadata).__name__}."
-            )
+        self.engine, self._owns_engine = self._engine_from(engine_or_url)
+        _check_metadata(metadata)
         self.metadata = metadata
+        #: In a multi-database setup, the name of the database this Migrator stands for ("" is the
+        #: main one); None otherwise.
+        self.bind_name = bind_name
+        #: The other databases of a multi-database setup: name -> (engine, metadata).
+        self.binds: dict[str, tuple[AsyncEngine, MetaData | None]] = {}
+        self._owned_bind_engines: list[AsyncEngine] = []
+        for name, (bind_engine, bind_metadata) in (binds or {}).items():
+            if not name or not name.isidentifier():
+                raise ConfigurationError(
+                    f"Bind name {name!r} must be a Python identifier (it names functions in the scripts)."
+                )
+            engine, owned = self._engine_from(bind_engine)
+            _check_metadata(bind_metadata)
+            self.binds[name] = (engine, bind_metadata)
+            if owned:
+                self._owned_bind_engines.append(engine)
         self.directory = str(directory)
         self.lock = lock
         self.lock_timeout = float(lock_timeout)
@@ -245,6 +249,7 @@ class Migrator:
                 f"ddl_lock_timeout must be a number of seconds, None (off) or 'auto', not {ddl_lock_timeout!r}."
             )
         self.last_review: Review | None = None
+        self._all_bind_names: list[str] = []
         self.ddl_lock_timeout = ddl_lock_timeout
         self.ddl_retry_attempts = ddl_retry_attempts
         self.ddl_retry_backoff = ddl_retry_backoff
@@ -258,6 +263,18 @@ class Migrator:
         _check_identifier("version_table", self.version_table)
         if self.version_table_schema is not None:
             _check_identifier("version_table_schema", self.version_table_schema)
+
+    @classmethod
+    def _engine_from(cls, engine_or_url: Any) -> tuple[AsyncEngine, bool]:
+        """The engine to use, and whether the Migrator made it (and so disposes of it)."""
+        if isinstance(engine_or_url, AsyncEngine):
+            async_url(engine_or_url.url)
+            return engine_or_url, False
+        if isinstance(engine_or_url, (str, URL)):
+            return cls._engine_for(async_url(engine_or_url)), True
+        raise ConfigurationError(
+            f"Migrator needs an AsyncEngine or a database URL, not {type(engine_or_url).__name__}."
+        )
 
     @staticmethod
     def _engine_for(url: URL) -> AsyncEngine:
@@ -282,9 +299,56 @@ class Migrator:
         return render_url(self.engine.url)
 
     async def aclose(self) -> None:
-        """Dispose of the engine if the Migrator made it."""
+        """Dispose of the engines the Migrator made."""
         if self._owns_engine:
             await self.engine.dispose()
+        for engine in self._owned_bind_engines:
+            await engine.dispose()
+
+    @property
+    def bind_names(self) -> list[str]:
+        """All databases of a multi-database setup, the main one ("") first; [] for a single database."""
+        return ["", *self.binds] if self.binds else []
+
+    def bind_migrators(self) -> list[Migrator]:
+        """One Migrator per database of a multi-database setup (each with its own version table and lock),
+        made with this Migrator's current settings; [self] for a single database."""
+        if not self.binds:
+            return [self]
+        bind_migrators = []
+        for name in self.bind_names:
+            engine, metadata = (self.engine, self.metadata) if not name else self.binds[name]
+            child = Migrator(
+                engine,
+                metadata,
+                self.directory,
+                lock=self.lock,
+                lock_timeout=self.lock_timeout,
+                connect_timeout=self.connect_timeout,
+                stdout=self.stdout,
+                configure=self.configure_callbacks,
+                x_arg=self.x_arg,
+                ddl_lock_timeout=self.ddl_lock_timeout,
+                ddl_retry_attempts=self.ddl_retry_attempts,
+                ddl_retry_backoff=self.ddl_retry_backoff,
+                statement_timeout=self.statement_timeout,
+                bind_name=name,
+                **self.context_kwargs,
+            )
+            child._all_bind_names = self.bind_names
+            bind_migrators.append(child)
+        return bind_migrators
+
+    @contextlib.asynccontextmanager
+    async def connect_binds(self) -> AsyncIterator[dict[str, AsyncConnection]]:
+        """A connection to each database (``{"": connection}`` for a single database)."""
+        async with contextlib.AsyncExitStack() as stack:
+            connections = {}
+            for child in self.bind_migrators():
+                connections[child.bind_name or ""] = await stack.enter_async_context(
+                    child.connect()
+                )
+            yield connections
 
     async def __aenter__(self) -> Migrator:
         return self
@@ -317,6 +381,18 @@ class Migrator:
             "configure_kwargs": dict(self.context_kwargs),
             "url": self.engine.url,
         }
+        if self.binds or self.bind_name is not None:
+            # Multi-database: the databases this command runs on, and all names (for script.py.mako).
+            databases = (
+                {self.bind_name: (self.engine, self.metadata)}
+                if self.bind_name is not None
+                else {"": (self.engine, self.metadata), **self.binds}
+            )
+            config.attributes[SETTINGS_KEY]["binds"] = {
+                name: {"target_metadata": metadata, "url": engine.url}
+                for name, (engine, metadata) in databases.items()
+            }
+            config.attributes[SETTINGS_KEY]["bind_names"] = self._all_bind_names or self.bind_names
         for callback in self.configure_callbacks:
             config = callback(config)
         return config
@@ -419,22 +495,38 @@ class Migrator:
         self,
         call: Callable[[Config], T],
         config: Config,
-        connection: AsyncConnection | None = None,
+        connection: AsyncConnection | Mapping[str, AsyncConnection] | None = None,
     ) -> T:
-        """Run one ``alembic.command`` call, online on ``connection`` or offline without one."""
+        """Run one ``alembic.command`` call, online on ``connection`` or offline without one.
+
+        In a multi-database setup ``connection`` maps database names to connections; env.py finds them
+        all in ``Config.attributes["connections"]`` (a single database's in ``["connection"]``).
+        """
         async with _alembic_lock():
             try:
                 if connection is None:
                     return call(config)
+                connections = (
+                    dict(connection)
+                    if isinstance(connection, Mapping)
+                    else {self.bind_name or "": connection}
+                )
+                first = next(iter(connections.values()))
 
                 def run(sync_connection: Connection) -> T:
+                    # Inside run_sync's greenlet every connection's sync face can be used.
                     config.attributes["connection"] = sync_connection
+                    if self.binds or self.bind_name is not None:
+                        config.attributes["connections"] = {
+                            name: c.sync_connection for name, c in connections.items()
+                        }
                     try:
                         return call(config)
                     finally:
                         config.attributes.pop("connection", None)
+                        config.attributes.pop("connections", None)
 
-                return await connection.run_sync(run)
+                return await first.run_sync(run)
             except AutogenerateDiffsDetected:
                 raise  # check's finding, not a failure: the caller words it
             except AlembicCommandError as exc:
@@ -621,8 +713,9 @@ class Migrator:
         return templates
 
     async def init(self, template: str | None = None, package: bool = False) -> None:
-        """Create the migrations directory from a template (default ``async``)."""
-        template = template or "async"
+        """Create the migrations directory from a template (default ``async``, or ``async-multidb`` when
+        the Migrator has binds)."""
+        template = template or ("async-multidb" if self.binds else "async")
         config = self.get_config()
         if not (TEMPLATES_DIRECTORY / template).is_dir():
             names = ", ".join(sorted(p.name for p in TEMPLATES_DIRECTORY.iterdir() if p.is_dir()))
@@ -692,13 +785,13 @@ class Migrator:
         )
         current: tuple[str, ...] = ()
         if needs_db:
-            async with self.connect() as connection:
+            async with self.connect_binds() as connections:
                 await self._alembic(
                     lambda c: command.history(c, rev_range, verbose, indicate_current),
                     config,
-                    connection,
+                    connections,
                 )
-                current = await self.read_current_heads(connection)
+                current = await self.read_current_heads(next(iter(connections.values())))
         else:
             await self._alembic(lambda c: command.history(c, rev_range, verbose), config)
         script = self.script_directory(config)
@@ -746,7 +839,9 @@ class Migrator:
 
         def review_hook(context: Any, revision: Any, directives: list[Any]) -> None:
             if directives and not all(u.is_empty() for u in directives[0].upgrade_ops_list):
-                self.last_review = review_migration(directives[0], context.dialect, renames)
+                self.last_review = review_migration(
+                    directives[0], context.dialect, renames, self.last_review
+                )
 
         def call(c: Config) -> Any:
             return command.revision(
@@ -777,19 +872,10 @@ class Migrator:
                             "Autogenerate needs the models' MetaData: pass metadata= to Migrator (or db= "
                             "to Migrate)."
                         )
-                async with self.connect() as connection:
+                async with self.connect_binds() as connections:
                     if autogenerate:
-                        script = self.script_directory(config)
-                        current = await self.read_current_heads(connection)
-                        self._check_known(script, current)
-                        if set(current) != set(script.get_heads()):
-                            pending = ", ".join(script.get_heads())
-                            raise NotUpToDateError(
-                                f"The database is at {', '.join(current) or 'base (empty)'} but the scripts "
-                                f"are at {pending}: a new revision generated now would repeat the pending "
-                                "ones. Run `upgrade` first, then `migrate` again."
-                            )
-                    result = await self._alembic(call, config, connection)
+                        await self._ensure_at_heads(connections, config, "migrate")
+                    result = await self._alembic(call, config, connections)
         else:
             result = await self._alembic(call, config)
         if isinstance(result, list):
@@ -798,6 +884,28 @@ class Migrator:
             for message in self.last_review.messages():
                 log.warning("%s", message)
         return result if isinstance(result, Script) else None
+
+    async def _ensure_at_heads(
+        self, connections: Mapping[str, AsyncConnection], config: Config, command_name: str
+    ) -> None:
+        """Refuse autogenerate (``migrate``, ``check``) on a database that is behind the scripts."""
+        script = self.script_directory(config)
+        heads = script.get_heads()
+        for name, connection in connections.items():
+            current = await self.read_current_heads(connection)
+            self._check_known(script, current)
+            if set(current) != set(heads):
+                where = f"The database {name!r}" if self.binds else "The database"
+                if command_name == "migrate":
+                    raise NotUpToDateError(
+                        f"{where} is at {', '.join(current) or 'base (empty)'} but the scripts are at "
+                        f"{', '.join(heads)}: a new revision generated now would repeat the pending ones. "
+                        "Run `upgrade` first, then `migrate` again."
+                    )
+                raise NotUpToDateError(
+                    f"{where} is at {', '.join(current) or 'base (empty)'} but the scripts are at "
+                    f"{', '.join(heads)}: run `upgrade` before `check`."
+                )
 
     def _env_has_metadata(self, config: Config) -> bool:
         # A hand-edited env.py may set target_metadata itself; let Alembic decide then.
@@ -838,8 +946,8 @@ class Migrator:
         self._ensure_directory()
         config = self.get_config()
         if revision == "current":
-            async with self.connect() as connection:
-                await self._alembic(lambda c: command.edit(c, revision), config, connection)
+            async with self.connect_binds() as connections:
+                await self._alembic(lambda c: command.edit(c, revision), config, connections)
         else:
             await self._alembic(lambda c: command.edit(c, revision), config)
 
@@ -859,15 +967,19 @@ class Migrator:
             return command.merge(c, revs, message=message, branch_label=branch_label, rev_id=rev_id)
 
         if self._revision_environment(config):
-            async with self.connect() as connection:
-                return await self._alembic(call, config, connection)
+            async with self.connect_binds() as connections:
+                return await self._alembic(call, config, connections)
         return await self._alembic(call, config)
 
     # -- commands: database ---------------------------------------------------------------------------------
 
     async def current(self, verbose: bool = False, *, quiet: bool = False) -> tuple[str, ...]:
-        """The revision(s) the database is at; ``()`` for an empty database."""
+        """The revision(s) the database is at; ``()`` for an empty database. In a multi-database setup,
+        those of every database, the main one first (:meth:`current_by_bind` keeps them apart)."""
         self._ensure_directory()
+        if self.binds:
+            found = await self.current_by_bind(verbose, quiet=quiet)
+            return tuple(dict.fromkeys(rev for revs in found.values() for rev in revs))
         config = self.get_config()
         async with self.connect() as connection:
             heads = await self.read_current_heads(connection)
@@ -877,6 +989,17 @@ class Migrator:
                     lambda c: command.current(c, verbose=verbose), config, connection
                 )
         return heads
+
+    async def current_by_bind(
+        self, verbose: bool = False, *, quiet: bool = False
+    ) -> dict[str, tuple[str, ...]]:
+        """The revision(s) of each database: ``{"": (...), "users": (...)}`` (``{"": ...}`` for one)."""
+        found = {}
+        for child in self.bind_migrators():
+            if not quiet and self.binds:
+                (self.stdout or io.StringIO()).write(f"Database {child.bind_name or '(main)'}:\n")
+            found[child.bind_name or ""] = await child.current(verbose, quiet=quiet)
+        return found
 
     async def _at_cached_heads(self, config: Config, revision: str) -> bool:
         """The no-op fast path: is the database at the scripts' heads, as known without importing every
@@ -889,8 +1012,16 @@ class Migrator:
         return set(current) == set(heads)
 
     async def status(self) -> MigrationStatus:
-        """Readiness: the database's revision(s), the scripts' heads, and whether a migration is running."""
+        """Readiness: the database's revision(s), the scripts' heads, and whether a migration is running.
+        In a multi-database setup: at head only when every database is, migrating when any is."""
         self._ensure_directory()
+        if self.binds:
+            found = [await child.status() for child in self.bind_migrators()]
+            return MigrationStatus(
+                found[0].current_heads if all(f.at_head for f in found) else (),
+                found[0].script_heads,
+                any(f.migrating for f in found),
+            )
         config = self.get_config()
         heads = script_heads.cached_heads(ScriptDirectory.from_config(config))
         if heads is None:
@@ -929,22 +1060,15 @@ class Migrator:
                     "operation, then delete its '# WARNING:' comment.",
                     left,
                 )
-        if self.metadata is None:
+        if self.metadata is None and not any(metadata for _, metadata in self.binds.values()):
             raise ConfigurationError(
                 "check needs the models' MetaData: pass metadata= to Migrator (or db= to Migrate)."
             )
         config = self.get_config()
-        async with self.connect() as connection:
-            script = self.script_directory(config)
-            current = await self.read_current_heads(connection)
-            self._check_known(script, current)
-            if set(current) != set(script.get_heads()):
-                raise NotUpToDateError(
-                    f"The database is at {', '.join(current) or 'base (empty)'} but the scripts are at "
-                    f"{', '.join(script.get_heads())}: run `upgrade` before `check`."
-                )
+        async with self.connect_binds() as connections:
+            await self._ensure_at_heads(connections, config, "check")
             try:
-                await self._alembic(command.check, config, connection)
+                await self._alembic(command.check, config, connections)
             except AutogenerateDiffsDetected as exc:
                 diffs = list(exc.diffs)
                 listed = "; ".join(describe_diff(d) for d in diffs[:10])
@@ -976,6 +1100,11 @@ class Migrator:
             raise CommandError(
                 f"A range ({revision!r}) only makes sense with --sql; upgrade to one revision."
             )
+        if self.binds:  # each database in turn, each behind its own lock
+            applied: list[str] = []
+            for child in self.bind_migrators():
+                applied += await child.upgrade(revision, tag=tag, x_arg=x_arg)
+            return tuple(applied)
         if revision in ("head", "heads") and await self._at_cached_heads(config, revision):
             return ()
         script = self.script_directory(config)
@@ -1016,6 +1145,11 @@ class Migrator:
                 )
             await self._alembic(lambda c: command.downgrade(c, revision, sql=True, tag=tag), config)
             return ()
+        if self.binds:
+            undone: list[str] = []
+            for child in self.bind_migrators():
+                undone += await child.downgrade(revision, tag=tag, x_arg=x_arg)
+            return tuple(undone)
         script = self.script_directory(config)
 
         def check(current: tuple[str, ...]) -> None:
@@ -1051,6 +1185,10 @@ class Migrator:
             await self._alembic(
                 lambda c: command.stamp(c, revs, sql=True, tag=tag, purge=purge), config
             )
+            return
+        if self.binds:
+            for child in self.bind_migrators():
+                await child.stamp(revision, tag=tag, purge=purge)
             return
         script = self.script_directory(config)
 
@@ -1334,6 +1472,13 @@ def _script_error(exc: BaseException) -> CommandError | None:
             "Fix the script (or the import it needs); nothing was applied."
         )
     return None
+
+
+def _check_metadata(metadata: object) -> None:
+    if metadata is not None and not isinstance(metadata, MetaData):
+        raise ConfigurationError(
+            f"metadata must be a sqlalchemy.MetaData (e.g. Base.metadata), not {type(metadata).__name__}."
+        )
 
 
 def _check_identifier(what: str, name: str) -> None:

@@ -493,15 +493,26 @@ def _unnamed_constraint(op: ops.MigrateOperation, context: LintContext) -> str |
 # -- entry points -------------------------------------------------------------------------------------------
 
 
+_REVIEWED = "async_migrate.reviewed"
+
+
 def review_migration(
-    script: ops.MigrationScript, dialect: sa.engine.Dialect, renames: RenamePolicy = "no"
+    script: ops.MigrationScript,
+    dialect: sa.engine.Dialect,
+    renames: RenamePolicy = "no",
+    review: Review | None = None,
 ) -> Review:
     """Review one generated migration in place: apply accepted renames (and rebuild its downgrade),
-    then mark every lint finding on its operation."""
-    review = Review()
-    for upgrade, downgrade_index in zip(
-        script.upgrade_ops_list, range(len(script.upgrade_ops_list)), strict=True
-    ):
+    then mark every lint finding on its operation.
+
+    In a multi-database setup Alembic calls the hook once per database, each time with one more set of
+    operations: those already reviewed are skipped, and the findings add up in ``review``.
+    """
+    review = review or Review()
+    for downgrade_index, upgrade in enumerate(script.upgrade_ops_list):
+        if upgrade.info.get(_REVIEWED):
+            continue
+        upgrade.info[_REVIEWED] = True
         if _apply_renames(upgrade, dialect, renames, review):
             script.downgrade_ops_list[downgrade_index].ops[:] = upgrade.reverse().ops
         _lint(upgrade, dialect.name, review)

@@ -108,3 +108,45 @@ def test_example_served_by_hypercorn(sqlite_url: str) -> None:
         server.terminate()
         output = server.communicate(timeout=30)[0]
     assert "Applied upgrade 0001" in output and "Applied upgrade 0002" in output
+
+
+MULTIDB_EXAMPLE = EXAMPLE.parent / "multidb_app"
+
+
+def test_multidb_example(tmp_path: Path) -> None:
+    main_url = f"sqlite+aiosqlite:///{tmp_path / 'main.db'}"
+    audit_url = f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}"
+    script = textwrap.dedent(
+        """
+        import asyncio
+        from quart.testing.app import TestApp
+        from app import create_app
+
+        async def main():
+            app = create_app()
+            async with TestApp(app, startup_timeout=60):
+                client = app.test_client()
+                created = await client.post("/posts", json={"author": "ada", "title": "engines"})
+                assert created.status_code == 201, created.status_code
+                print("AUDIT", await (await client.get("/audit")).get_json())
+                print("HEALTHZ", (await client.get("/healthz")).status_code)
+
+        asyncio.run(main())
+        """
+    )
+    env = _env(main_url)
+    env["AUDIT_DATABASE_URL"] = audit_url
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=MULTIDB_EXAMPLE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "AUDIT [{'action': 'create_post', 'detail': 'post 1 by ada'}]" in result.stdout
+    assert "HEALTHZ 200" in result.stdout
+    assert sorted(tables(main_url)) == ["alembic_version", "author", "post"]
+    assert sorted(tables(audit_url)) == ["alembic_version", "audit_entry"]
+    assert query(audit_url, "SELECT version_num FROM alembic_version") == [("0001",)]
