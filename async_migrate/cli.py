@@ -19,6 +19,7 @@ from quart.cli import ScriptInfo
 
 from .errors import AsyncMigrateError
 from .extension import MigrateState, _state, engine_of
+from .graph import FORMATS
 from .migrator import Migrator
 from .review import RenamePolicy
 
@@ -480,6 +481,19 @@ def show(ctx: click.Context, directory: str | None, revision: str) -> None:
 @click.option(
     "-i", "--indicate-current", is_flag=True, help="Indicate current version (Alembic>=0.9.9)"
 )
+@click.option(
+    "--graph",
+    is_flag=True,
+    help="Draw the revisions as a graph: branches, merges, labels, current revision(s) marked",
+)
+@click.option(
+    "--format",
+    "graph_format",
+    type=click.Choice(FORMATS),
+    default="text",
+    show_default=True,
+    help="With --graph: lanes in the terminal, Mermaid, or Graphviz dot",
+)
 @click.pass_context
 def history(
     ctx: click.Context,
@@ -487,8 +501,15 @@ def history(
     rev_range: str | None,
     verbose: bool,
     indicate_current: bool,
+    graph: bool,
+    graph_format: str,
 ) -> None:
     """List changeset scripts in chronological order."""
+    if graph:
+        if rev_range:
+            raise click.UsageError("--graph draws the whole history: leave out --rev-range.")
+        click.echo(_run(ctx, lambda m: m.history_graph(graph_format), directory))
+        return
     _run(ctx, lambda m: m.history(rev_range, verbose, indicate_current), directory)
 
 

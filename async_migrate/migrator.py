@@ -806,6 +806,25 @@ class Migrator:
         except Exception as exc:
             raise CommandError(f"Cannot list history {rev_range!r}: {exc}") from None
 
+    async def history_graph(self, fmt: str = "text") -> str:
+        """The revision DAG (``text`` lanes, ``mermaid`` or ``dot``) with the database's revision(s)
+        marked ``(current)``; without the marks, and a warning, when the database cannot be reached."""
+        from .graph import render_graph
+
+        self._ensure_directory()
+        script = self.script_directory()
+        try:
+            current = await self.current(quiet=True)
+        except DatabaseUnreachableError as exc:
+            log.warning("Graph without the current revision: %s", exc)
+            current = ()
+        try:
+            return render_graph(script, current, fmt)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        except Exception as exc:
+            raise CommandError(f"Cannot draw the history: {exc}") from None
+
     @staticmethod
     def _revision_environment(config: Config) -> bool:
         value = config.get_alembic_option("revision_environment")
