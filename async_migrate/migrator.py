@@ -431,6 +431,10 @@ class Migrator:
             except (DBAPIError, OSError, TimeoutError) as exc:
                 remaining = deadline - time.monotonic()
                 if not _is_transient(exc) or remaining <= 0:
+                    if self.engine.dialect.name == "sqlite":
+                        # aiosqlite stops its worker thread after a failed connect with a future on this
+                        # loop; a loop closed before that thread answers makes it print a traceback.
+                        await asyncio.sleep(0.1)
                     raise self._unreachable(exc) from None
                 delay = min(remaining, _backoff(attempt, base=0.2, cap=2.0))
                 if attempt == 0 or attempt % 5 == 0:
