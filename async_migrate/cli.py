@@ -370,6 +370,29 @@ def _lock_overrides(no_lock: bool, lock_timeout: float | None) -> dict[str, Any]
     return overrides
 
 
+class TerminalProgress:
+    """One line on a terminal, rewritten for each revision applied, then a summary line."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+
+    def applied(
+        self, index: int, total: int | None, revision: str, doc: str, seconds: float
+    ) -> None:
+        width = len(str(total)) if total else 1
+        count = f"{index:>{width}}/{total}" if total else f"{index}"
+        line = f"[{count}] {revision} {doc}"[:100]
+        self.stream.write(f"\r\x1b[K{line} ({seconds:.3f}s)")
+        self.stream.flush()
+
+    def finished(self, count: int, seconds: float, slowest: Sequence[tuple[float, str]]) -> None:
+        listed = ", ".join(f"{rev} {secs:.3f}s" for secs, rev in slowest)
+        self.stream.write(
+            f"\r\x1b[KApplied {count} revision(s) in {seconds:.3f}s (slowest: {listed})\n"
+        )
+        self.stream.flush()
+
+
 def _locked_run(
     ctx: click.Context,
     action: Callable[[Migrator], Awaitable[T]],
@@ -380,6 +403,8 @@ def _locked_run(
     def apply(migrator: Migrator) -> Awaitable[T]:
         for name, value in overrides.items():
             setattr(migrator, name, value)
+        if sys.stderr.isatty():
+            migrator.progress = TerminalProgress()
         return action(migrator)
 
     return _run(ctx, apply, directory, x_arg)

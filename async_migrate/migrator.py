@@ -21,7 +21,7 @@ from argparse import Namespace
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar, cast
 
 import sqlalchemy as sa
 from alembic import command
@@ -249,6 +249,8 @@ class Migrator:
                 f"ddl_lock_timeout must be a number of seconds, None (off) or 'auto', not {ddl_lock_timeout!r}."
             )
         self.last_review: Review | None = None
+        #: Where upgrade/downgrade report each revision; None: INFO log lines.
+        self.progress: Progress | None = None
         self._all_bind_names: list[str] = []
         self.ddl_lock_timeout = ddl_lock_timeout
         self.ddl_retry_attempts = ddl_retry_attempts
@@ -336,6 +338,7 @@ class Migrator:
                 **self.context_kwargs,
             )
             child._all_bind_names = self.bind_names
+            child.progress = self.progress
             bind_migrators.append(child)
         return bind_migrators
 
@@ -1237,7 +1240,7 @@ class Migrator:
         check: Callable[[tuple[str, ...]], None],
     ) -> tuple[str, ...]:
         """Run an upgrade or downgrade under the lock, recording and logging each revision applied."""
-        recorder = _AppliedRecorder(self.url)
+        recorder = _AppliedRecorder(self.url, self.progress)
         settings = config.attributes[SETTINGS_KEY]
         user_callbacks = settings["configure_kwargs"].get("on_version_apply") or ()
         if callable(user_callbacks):
@@ -1246,6 +1249,11 @@ class Migrator:
 
         async def work(connection: AsyncConnection, current: tuple[str, ...]) -> None:
             recorder.start()
+            if target is not None:
+                try:
+                    recorder.total = len(list(script.iterate_revisions(target, current or "base")))
+                except Exception:
+                    recorder.total = None  # Alembic will say what is wrong with the target
             guard = self.ddl_guard(connection.dialect.name)
             if guard is None or not guard.active:
                 try:
@@ -1409,11 +1417,27 @@ class Migrator:
         )
 
 
-class _AppliedRecorder:
-    """Alembic ``on_version_apply`` callback: collects the revisions applied and logs each with its time."""
+class Progress(Protocol):
+    """Receives the progress of an upgrade or downgrade, instead of the INFO log lines (e.g. to draw a
+    progress line on a terminal, as ``quart db upgrade`` does)."""
 
-    def __init__(self, url: str) -> None:
+    def applied(
+        self, index: int, total: int | None, revision: str, doc: str, seconds: float
+    ) -> None:
+        """Revision number ``index`` (1-based) of ``total`` (None: unknown) took ``seconds``."""
+
+    def finished(self, count: int, seconds: float, slowest: Sequence[tuple[float, str]]) -> None:
+        """All done: how many revisions, how long in all, the slowest three ``(seconds, revision)``."""
+
+
+class _AppliedRecorder:
+    """Alembic ``on_version_apply`` callback: collects the revisions applied and reports each with its time
+    (INFO log lines, or a :class:`Progress`)."""
+
+    def __init__(self, url: str, progress: Progress | None = None) -> None:
         self.url = url
+        self.progress = progress
+        self.total: int | None = None
         self.applied: list[str] = []
         self.durations: list[tuple[float, str]] = []
         self.on_revision: Callable[[], None] | None = None
@@ -1436,14 +1460,21 @@ class _AppliedRecorder:
         self.durations.append((elapsed, revision))
         direction = "upgrade" if step.is_upgrade else "downgrade"
         doc = getattr(step.up_revision, "doc", "") or ""
-        log.info("Applied %s %s (%s) in %.3fs", direction, revision, doc, elapsed)
+        if self.progress is not None:
+            self.progress.applied(len(self.applied), self.total, revision, doc, elapsed)
+        else:
+            log.info("Applied %s %s (%s) in %.3fs", direction, revision, doc, elapsed)
 
     def summarise(self) -> None:
         if not self.applied:
             return
-        slowest = ", ".join(
-            f"{rev} {secs:.3f}s" for secs, rev in sorted(self.durations, reverse=True)[:3]
-        )
+        slowest_three = sorted(self.durations, reverse=True)[:3]
+        if self.progress is not None:
+            self.progress.finished(
+                len(self.applied), time.monotonic() - self._started, slowest_three
+            )
+            return
+        slowest = ", ".join(f"{rev} {secs:.3f}s" for secs, rev in slowest_three)
         log.info(
             "Applied %d revision(s) to %s in %.3fs (slowest: %s)",
             len(self.applied),

@@ -151,3 +151,42 @@ def test_plain_alembic_cli_upgrades_with_its_own_engine(project: Project) -> Non
     assert result.returncode == 0, result.stderr
     assert "account" in tables(project.url)
     assert project.db("check").returncode == 0
+
+
+def test_upgrade_shows_progress_on_a_terminal(project: Project) -> None:
+    import os
+    import pty
+    import subprocess
+
+    project.db("init")
+    for n in range(1, 4):
+        (project.path / "migrations" / "versions" / f"r{n}.py").write_text(
+            f'"""step {n}"""\nrevision = "r{n}"\ndown_revision = {None if n == 1 else repr(f"r{n - 1}")}\n'
+            "branch_labels = None\ndepends_on = None\n"
+            "def upgrade():\n    pass\ndef downgrade():\n    pass\n"
+        )
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quart", "--app", "app", "db", "upgrade"],
+        cwd=project.path,
+        env=project.env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+    )
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    assert process.wait(timeout=60) == 0
+    text = output.decode()
+    assert "[1/3] r1 step 1" in text and "[3/3] r3 step 3" in text
+    assert "Applied 3 revision(s) in" in text and "slowest: " in text
+    assert "Applied upgrade r1" not in text  # the log lines give way to the progress line
