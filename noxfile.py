@@ -9,9 +9,10 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite, on SQLite files and the PostgreSQL server on 127.0.0.1:5432."""
+    """The test suite, on SQLite files and the PostgreSQL and MariaDB servers of this machine."""
     session.install("-e", ".[test]")
     session.run("bash", "scripts/start-postgres", external=True)
+    session.run("bash", "scripts/start-mariadb", external=True)
     session.run("python", "-m", "pytest", *session.posargs)
 
 

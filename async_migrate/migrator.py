@@ -163,6 +163,18 @@ def _is_transient(exc: BaseException) -> bool:
     return False
 
 
+def cancel_requested() -> bool:
+    """Whether someone asked to cancel the current task and nobody withdrew it (``Task.uncancel``).
+
+    On Python 3.11, ``asyncio.wait_for`` swallows a cancellation that arrives just as the awaited operation
+    completes (CPython gh-86296, fixed in 3.12). Drivers connect through it (asyncmy always, asyncpg with a
+    timeout), so a waiter cancelled while connecting could carry on and later take the lock; the request
+    stays visible in ``cancelling()``.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def _backoff(attempt: int, base: float = 0.05, cap: float = 1.0) -> float:
     """Exponential backoff with full jitter, so that many waiters don't poll in step."""
     return float(random.uniform(0.5, 1.0) * min(cap, base * (2**attempt)))
@@ -449,6 +461,9 @@ class Migrator:
                     )
                 attempt += 1
                 await asyncio.sleep(delay)
+        if cancel_requested():
+            await connection.close()
+            raise asyncio.CancelledError("cancelled while connecting")
         try:
             if connection.dialect.name == "sqlite":
                 await connection.execution_options(isolation_level="AUTOCOMMIT")
@@ -687,11 +702,20 @@ class Migrator:
 
     @staticmethod
     async def _try_lock(lock: MigrationLock, connection: AsyncConnection) -> bool:
+        acquired = False
         try:
-            return await lock.try_acquire(connection)
+            if cancel_requested():
+                raise asyncio.CancelledError("cancelled before taking the migration lock")
+            acquired = await lock.try_acquire(connection)
+            if acquired and cancel_requested():
+                raise asyncio.CancelledError("cancelled while taking the migration lock")
+            return acquired
         except BaseException:
-            # Cancelled or failed half-way: the server may have granted the lock anyway. A closed session
-            # holds no lock, so close this one for good rather than return it to the pool.
+            # Cancelled or failed half-way: the lock may be ours anyway. Give it back (a file lock lives
+            # outside the session), then close the session for good: a closed session holds no lock.
+            if acquired:
+                with contextlib.suppress(Exception):
+                    await lock.release(connection)
             await _discard(connection)
             raise
 
@@ -1254,6 +1278,16 @@ class Migrator:
                     recorder.total = len(list(script.iterate_revisions(target, current or "base")))
                 except Exception:
                     recorder.total = None  # Alembic will say what is wrong with the target
+            sync_connection = connection.sync_connection
+            if sync_connection is not None:
+                recorder.watch_statements(sync_connection)
+            try:
+                await guarded_or_plain(connection)
+            finally:
+                recorder.stop_watching()
+            recorder.summarise()
+
+        async def guarded_or_plain(connection: AsyncConnection) -> None:
             guard = self.ddl_guard(connection.dialect.name)
             if guard is None or not guard.active:
                 try:
@@ -1264,7 +1298,6 @@ class Migrator:
                     raise await self._failed(exc, script, target, recorder, connection) from exc
             else:
                 await self._guarded(call, config, connection, script, target, recorder, guard)
-            recorder.summarise()
 
         await self._locked(work, is_done=is_done, check=check)
         return tuple(recorder.applied)
@@ -1377,6 +1410,7 @@ class Migrator:
         might not be had from a small pool.
         """
         transactional = connection.dialect.name in ("postgresql", "sqlite")
+        ran = list(recorder.statements)  # before the reads below add their own
         try:
             await connection.rollback()
             now_at = await self.read_current_heads(connection)
@@ -1404,11 +1438,18 @@ class Migrator:
             if recorder.applied
             else ""
         )
-        rolled_back = (
-            "Its transaction was rolled back, so none of its changes were applied."
-            if transactional
-            else "This database cannot roll back DDL: check which of its statements were applied."
-        )
+        if transactional:
+            rolled_back = "Its transaction was rolled back, so none of its changes were applied."
+        elif ran:
+            rolled_back = (
+                "This database cannot roll back DDL, and these statements of the revision ran and stay "
+                f"applied: {'; '.join(ran[-10:])}. Undo them (or finish the revision by hand and `stamp` it) before "
+                "running upgrade again."
+            )
+        else:
+            rolled_back = (
+                "This database cannot roll back DDL: no statement of the revision had run."
+            )
         return MigrationFailedError(
             f"Revision {failed or '(unknown)'} failed: {cause}. {rolled_back}{done} The database is now at "
             f"{', '.join(now_at) or 'base (no revision)'}. Fix the revision script, then run upgrade again.",
@@ -1441,7 +1482,25 @@ class _AppliedRecorder:
         self.applied: list[str] = []
         self.durations: list[tuple[float, str]] = []
         self.on_revision: Callable[[], None] | None = None
+        #: The statements that ran since the last revision was recorded: on a database whose DDL commits
+        #: as it goes, what a failed revision left behind.
+        self.statements: list[str] = []
+        self._watched: Connection | None = None
         self._started = self._mark = time.monotonic()
+
+    def watch_statements(self, connection: Connection) -> None:
+        self._watched = connection
+        event.listen(connection, "after_cursor_execute", self._statement_ran)
+
+    def stop_watching(self) -> None:
+        if self._watched is not None:
+            event.remove(self._watched, "after_cursor_execute", self._statement_ran)
+            self._watched = None
+
+    def _statement_ran(self, conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
+        words = " ".join(statement.split())
+        if words and not words.upper().startswith(("SELECT", "SHOW", "SET ", "RESET")):
+            self.statements.append(words[:120] + ("..." if len(words) > 120 else ""))
 
     def start(self) -> None:
         self._started = self._mark = time.monotonic()
@@ -1451,6 +1510,7 @@ class _AppliedRecorder:
     ) -> None:
         now = time.monotonic()
         elapsed, self._mark = now - self._mark, now
+        self.statements.clear()
         if self.on_revision is not None:
             self.on_revision()
         if step.is_stamp:
