@@ -59,13 +59,13 @@ from .errors import (
     UnreviewedWarningsError,
 )
 from .locking import MigrationLock, lock_for
-from .review import RenamePolicy, Review, review_migration, unreviewed_warnings
 from .urls import async_url, hide_password, render_url
 
 if TYPE_CHECKING:
     from alembic.runtime.migration import MigrationContext, MigrationInfo
 
     from .doctor import Diagnosis
+    from .review import RenamePolicy, Review
 
 __all__ = ["TEMPLATES_DIRECTORY", "MigrationStatus", "Migrator"]
 
@@ -501,11 +501,18 @@ class Migrator:
         )
 
         def read(sync_connection: Connection) -> tuple[str, ...]:
-            if not sa.inspect(sync_connection).has_table(
-                self.version_table, schema=self.version_table_schema
-            ):
-                return ()
-            return tuple(sync_connection.execute(sa.select(table.c.version_num)).scalars())
+            try:
+                return tuple(sync_connection.execute(sa.select(table.c.version_num)).scalars())
+            except DBAPIError:
+                # Usually "no such table" (a new database): ask, rather than ask first on every start.
+                sync_connection.rollback()
+                if not sa.inspect(sync_connection).has_table(
+                    self.version_table, schema=self.version_table_schema
+                ):
+                    return ()
+                # Another migrator created it meanwhile (or the read failed for another reason: then
+                # this one fails again, and says why).
+                return tuple(sync_connection.execute(sa.select(table.c.version_num)).scalars())
 
         heads = await connection.run_sync(read)
         await connection.rollback()
@@ -887,6 +894,8 @@ class Migrator:
         config = self.get_config(x_arg, opts=["autogenerate"] if autogenerate else None)
         self.last_review = None
 
+        from .review import review_migration
+
         def review_hook(context: Any, revision: Any, directives: list[Any]) -> None:
             if directives and not all(u.is_empty() for u in directives[0].upgrade_ops_list):
                 self.last_review = review_migration(
@@ -1100,6 +1109,8 @@ class Migrator:
         """
         self._ensure_directory()
         if strict:
+            from .review import unreviewed_warnings
+
             scripts = [s.path for s in self.script_directory().walk_revisions()]
             left = unreviewed_warnings(scripts)
             if left:
@@ -1279,7 +1290,12 @@ class Migrator:
                 except Exception:
                     recorder.total = None  # Alembic will say what is wrong with the target
             sync_connection = connection.sync_connection
-            if sync_connection is not None:
+            if sync_connection is not None and connection.dialect.name not in (
+                "postgresql",
+                "sqlite",
+            ):
+                # Where DDL commits as it runs, remember what a failing revision already did. (A listener
+                # costs every statement some CPU, so only there.)
                 recorder.watch_statements(sync_connection)
             try:
                 await guarded_or_plain(connection)
