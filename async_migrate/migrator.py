@@ -59,6 +59,7 @@ from .errors import (
     UnreviewedWarningsError,
 )
 from .locking import MigrationLock, lock_for
+from .sqlite_runner import RevisionSavepoints, in_thread, run_in_savepoints, sqlite_file_url
 from .urls import async_url, hide_password, render_url
 
 if TYPE_CHECKING:
@@ -161,6 +162,24 @@ def _is_transient(exc: BaseException) -> bool:
             orig if isinstance(orig, BaseException) else (current.__cause__ or current.__context__)
         )
     return False
+
+
+def _call_with(
+    call: Callable[[Config], T],
+    config: Config,
+    connection: Connection,
+    savepoints: RevisionSavepoints,
+    recorder: _AppliedRecorder | None,
+) -> T:
+    config.attributes["connection"] = connection
+    if recorder is not None:
+        recorder.on_revision = savepoints.revision_done
+    try:
+        return call(config)
+    finally:
+        config.attributes.pop("connection", None)
+        if recorder is not None:
+            recorder.on_revision = None
 
 
 def cancel_requested() -> bool:
@@ -525,14 +544,26 @@ class Migrator:
         call: Callable[[Config], T],
         config: Config,
         connection: AsyncConnection | Mapping[str, AsyncConnection] | None = None,
+        *,
+        sqlite_file: URL | None = None,
+        recorder: _AppliedRecorder | None = None,
     ) -> T:
         """Run one ``alembic.command`` call, online on ``connection`` or offline without one.
 
         In a multi-database setup ``connection`` maps database names to connections; env.py finds them
-        all in ``Config.attributes["connections"]`` (a single database's in ``["connection"]``).
+        all in ``Config.attributes["connections"]`` (a single database's in ``["connection"]``). With
+        ``sqlite_file`` the call runs in a worker thread on a plain connection to that file, a savepoint
+        per revision (see :mod:`async_migrate.sqlite_runner`).
         """
         async with _alembic_lock():
             try:
+                if sqlite_file is not None:
+                    return await in_thread(
+                        lambda: run_in_savepoints(
+                            sqlite_file,
+                            lambda c, points: _call_with(call, config, c, points, recorder),
+                        )
+                    )
                 if connection is None:
                     return call(config)
                 connections = (
@@ -1305,7 +1336,19 @@ class Migrator:
 
         async def guarded_or_plain(connection: AsyncConnection) -> None:
             guard = self.ddl_guard(connection.dialect.name)
-            if guard is None or not guard.active:
+            sqlite_file = (
+                sqlite_file_url(connection.engine.url)
+                if connection.dialect.name == "sqlite" and self.bind_name is None
+                else None
+            )
+            if sqlite_file is not None:
+                try:
+                    await self._alembic(call, config, sqlite_file=sqlite_file, recorder=recorder)
+                except AsyncMigrateError:
+                    raise
+                except Exception as exc:
+                    raise await self._failed(exc, script, target, recorder, connection) from exc
+            elif guard is None or not guard.active:
                 try:
                     await self._alembic(call, config, connection)
                 except AsyncMigrateError:
