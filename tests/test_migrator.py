@@ -208,3 +208,36 @@ async def test_broken_script_is_named_and_nothing_applied(
     assert str(broken) in str(error.value)
     assert expected in str(error.value)
     assert await inspect_tables(sqlite_url) == {}
+
+
+async def test_cancelled_sqlite_upgrade_finishes_its_revision_before_letting_go(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A SQLite upgrade runs in a worker thread, which cancellation cannot stop half-way: the task waits for
+    it, so the file lock is never released while the thread still migrates."""
+    import asyncio
+    import time
+
+    from async_migrate.locking import SQLiteFileLock
+
+    directory = tmp_path / "migrations"
+    async with Migrator(sqlite_url, None, directory, stdout=None) as migrator:
+        await migrator.init()
+        (directory / "versions" / "r1_slow.py").write_text(
+            'revision = "r1"\ndown_revision = None\nbranch_labels = None\ndepends_on = None\n'
+            "import time\nfrom alembic import op\nimport sqlalchemy as sa\n"
+            "def upgrade():\n    time.sleep(1.0)\n"
+            "    op.create_table('t', sa.Column('id', sa.Integer, primary_key=True))\n"
+            "def downgrade():\n    pass\n"
+        )
+        task = asyncio.create_task(migrator.upgrade())
+        await asyncio.sleep(0.4)
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - started > 0.4  # it waited for the revision to finish
+        async with migrator.connect() as connection:
+            assert await SQLiteFileLock(str(tmp_path / "app.db")).describe_holder(connection) is None
+            assert await migrator.read_current_heads(connection) == ("r1",)
+    assert "t" in await inspect_tables(sqlite_url)
