@@ -680,6 +680,7 @@ class Migrator:
         connect_deadline = time.monotonic() + self.connect_timeout
         lock_deadline: float | None = None
         waited_since: float | None = None
+        lock: MigrationLock | None = None  # kept across polls: its key is read from the database once
         attempt = 0
         while True:
             deadline = (
@@ -700,7 +701,7 @@ class Migrator:
                 if not self.lock:
                     await work(connection, current)
                     return
-                lock = lock_for(connection, self.version_table, self.version_table_schema)
+                lock = lock or lock_for(connection, self.version_table, self.version_table_schema)
                 if await self._try_lock(lock, connection):
                     if waited_since is not None:
                         log.info(
