@@ -140,3 +140,25 @@ def test_quart_multidb_cli_and_startup(tmp_path: Path) -> None:
     assert "Database users:" in result.output and result.output.count("(head)") == 2
     result = runner.invoke(args=["db", "doctor"])
     assert result.exit_code == 0, result.output
+
+
+def test_bind_url_from_sqlalchemy_binds(tmp_path: Path) -> None:
+    """A bind given as a db alone takes its URL from SQLALCHEMY_BINDS, as Flask-SQLAlchemy apps have it."""
+    main_url = f"sqlite+aiosqlite:///{tmp_path / 'main.db'}"
+    users_url = f"sqlite+aiosqlite:///{tmp_path / 'users.db'}"
+    app = Quart(__name__)
+    app.config.update(SQLALCHEMY_DATABASE_URI=main_url, SQLALCHEMY_BINDS={"users": users_url})
+    Migrate(app, main_models(), directory=tmp_path / "migrations", binds={"users": user_models()})
+    runner = app.test_cli_runner()
+    for args in (["init", "--multidb"], ["migrate", "-m", "first"], ["upgrade"]):
+        result = runner.invoke(args=["db", *args])
+        assert result.exit_code == 0, result.output
+    assert "app_user" in asyncio.run(inspect_tables(users_url))
+    assert "post" in asyncio.run(inspect_tables(main_url))
+
+    broken = Quart(__name__)
+    broken.config["SQLALCHEMY_DATABASE_URI"] = main_url
+    Migrate(broken, main_models(), directory=tmp_path / "migrations", binds={"users": user_models()})
+    result = broken.test_cli_runner().invoke(args=["db", "current"])
+    assert result.exit_code == 1
+    assert "SQLALCHEMY_BINDS['users']" in result.output
