@@ -37,11 +37,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from . import script_heads
 from .ddl_guard import (
     DEFAULT_POSTGRES_DDL_LOCK_TIMEOUT,
+    MYSQL_DIALECTS,
     AutocommitTracker,
     BlockerWatcher,
     DDLGuard,
     is_lock_timeout,
     reset_session_timeouts,
+    session_id,
     set_session_timeouts,
 )
 from .errors import (
@@ -680,7 +682,9 @@ class Migrator:
         connect_deadline = time.monotonic() + self.connect_timeout
         lock_deadline: float | None = None
         waited_since: float | None = None
-        lock: MigrationLock | None = None  # kept across polls: its key is read from the database once
+        lock: MigrationLock | None = (
+            None  # kept across polls: its key is read from the database once
+        )
         attempt = 0
         while True:
             deadline = (
@@ -1363,19 +1367,22 @@ class Migrator:
         return tuple(recorder.applied)
 
     def ddl_guard(self, dialect: str) -> DDLGuard | None:
-        """The session timeouts and retries for a migration on ``dialect`` (PostgreSQL only)."""
-        if dialect != "postgresql":
+        """The session timeouts and retries for a migration on ``dialect``: PostgreSQL (lock timeout on by
+        default) and MySQL/MariaDB (only when ``ddl_lock_timeout`` is a number); None elsewhere."""
+        mysql = dialect in MYSQL_DIALECTS
+        if dialect != "postgresql" and not mysql:
             return None
-        lock_timeout = (
-            DEFAULT_POSTGRES_DDL_LOCK_TIMEOUT
-            if self.ddl_lock_timeout == "auto"
-            else self.ddl_lock_timeout
-        )
+        if self.ddl_lock_timeout == "auto":
+            lock_timeout = None if mysql else DEFAULT_POSTGRES_DDL_LOCK_TIMEOUT
+        else:
+            lock_timeout = self.ddl_lock_timeout  # type: ignore[assignment]
         return DDLGuard(
             lock_timeout=float(lock_timeout) if lock_timeout else None,
             attempts=max(1, int(self.ddl_retry_attempts)),
             backoff=float(self.ddl_retry_backoff),
-            statement_timeout=float(self.statement_timeout) if self.statement_timeout else None,
+            statement_timeout=(
+                float(self.statement_timeout) if self.statement_timeout and not mysql else None
+            ),
         )
 
     async def _guarded(
@@ -1390,10 +1397,10 @@ class Migrator:
     ) -> None:
         """Run the migration with the session's lock_timeout set, retrying a revision that timed out waiting
         for a table lock when its transaction was rolled back entirely."""
-        backend_pid = int(
-            (await connection.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
-        )
+        backend_pid = await session_id(connection)
         await set_session_timeouts(connection, guard)
+        # Where DDL commits as it runs, a revision may be retried only if none of its statements had run.
+        commits_as_it_runs = connection.dialect.name in MYSQL_DIALECTS
         sync_connection = connection.sync_connection
         if sync_connection is None:  # the connection was closed under us
             raise CommandError("The migration connection closed before the migration could start.")
@@ -1413,9 +1420,14 @@ class Migrator:
                     timed_out = is_lock_timeout(exc)
                     # A relative target (-1, +2) would mean something else once some revisions are done.
                     relative = target is None or "+" in target or "-" in target
+                    rolled_back_entirely = (
+                        not recorder.statements
+                        if commits_as_it_runs
+                        else not tracker.since_last_revision
+                    )
                     retryable = (
                         timed_out
-                        and not tracker.since_last_revision
+                        and rolled_back_entirely
                         and not (relative and recorder.applied)
                         and attempt < guard.attempts
                     )
@@ -1423,10 +1435,15 @@ class Migrator:
                         failure = await self._failed(exc, script, target, recorder, connection)
                         if not timed_out:
                             raise failure from exc
+                        left = (
+                            "Nothing of it was applied"
+                            if rolled_back_entirely
+                            else f"Of it, these statements ran and stay applied: {'; '.join(recorder.statements)}"
+                        )
                         raise DDLLockTimeoutError(
                             f"Revision {failure.revision or '(unknown)'} could not get the table locks it "
                             f"needs within {guard.lock_timeout:g}s on {attempt} attempt(s), blocked by "
-                            f"{watcher.describe()}. Nothing of it was applied; the database is at "
+                            f"{watcher.describe()}. {left}; the database is at "
                             f"{', '.join(failure.current_heads) or 'base (no revision)'}. Retry later, "
                             "raise the DDL lock timeout (ddl_lock_timeout / MIGRATE_DDL_LOCK_TIMEOUT / "
                             f"--ddl-lock-timeout), or end the blocking session{watcher.terminate_hint()}.",
@@ -1437,7 +1454,7 @@ class Migrator:
                     pause = guard.pause(attempt)
                     log.warning(
                         "A revision waited more than %gs for a table lock (attempt %d of %d), blocked by "
-                        "%s; its transaction was rolled back; retrying in %.1fs",
+                        "%s; nothing of it stays applied; retrying in %.1fs",
                         guard.lock_timeout,
                         attempt,
                         guard.attempts,
@@ -1518,6 +1535,13 @@ class Migrator:
         )
 
 
+# Statements that change a database: what a failed revision may have left behind.
+_CHANGING_STATEMENTS = (
+    "CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE", "INSERT", "UPDATE", "DELETE", "REPLACE", "GRANT",
+    "REVOKE", "COMMENT",
+)  # fmt: skip
+
+
 class Progress(Protocol):
     """Receives the progress of an upgrade or downgrade, instead of the INFO log lines (e.g. to draw a
     progress line on a terminal, as ``quart db upgrade`` does)."""
@@ -1559,7 +1583,7 @@ class _AppliedRecorder:
 
     def _statement_ran(self, conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
         words = " ".join(statement.split())
-        if words and not words.upper().startswith(("SELECT", "SHOW", "SET ", "RESET")):
+        if words.upper().startswith(_CHANGING_STATEMENTS):  # not the reads (SELECT, DESCRIBE, SHOW)
             self.statements.append(words[:120] + ("..." if len(words) > 120 else ""))
 
     def start(self) -> None:

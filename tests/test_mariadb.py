@@ -699,3 +699,89 @@ async def test_unreachable_server_is_retried_then_reported(tmp_path: Path, mysql
         with pytest.raises(DatabaseUnreachableError, match="Unknown database"):
             await migrator.current()
     assert time.monotonic() - started < 5  # a missing database is not coming up by itself
+
+
+# -- 10. a revision blocked by an open transaction: lock_wait_timeout and retry ----------------------------------
+
+
+async def _ddl_setup(mysql_url: str, tmp_path: Path) -> Path:
+    directory = tmp_path / "migrations"
+    async with Migrator(mysql_url, None, directory, stdout=None) as migrator:
+        await migrator.init()
+        (directory / "versions" / "r1_t.py").write_text(
+            'revision = "r1"\ndown_revision = None\nbranch_labels = None\ndepends_on = None\n'
+            "from alembic import op\nimport sqlalchemy as sa\n"
+            "def upgrade():\n    op.create_table('t', sa.Column('id', sa.Integer, primary_key=True))\n"
+            "    op.execute('INSERT INTO t VALUES (1)')\ndef downgrade():\n    pass\n"
+        )
+        assert await migrator.upgrade() == ("r1",)
+    (directory / "versions" / "r2_alter.py").write_text(
+        'revision = "r2"\ndown_revision = "r1"\nbranch_labels = None\ndepends_on = None\n'
+        "from alembic import op\nimport sqlalchemy as sa\n"
+        "def upgrade():\n    op.add_column('t', sa.Column('note', sa.Text))\ndef downgrade():\n    pass\n"
+    )
+    return directory
+
+
+@pytest.mark.anyio
+async def test_blocked_alter_retries_and_reads_go_on(mysql_url: str, tmp_path: Path) -> None:
+    directory = await _ddl_setup(mysql_url, tmp_path)
+    engine = create_async_engine(mysql_url, poolclass=sa.pool.NullPool)
+    holder = await engine.connect()
+    reader = await engine.connect()
+    await holder.execute(sa.text("SELECT * FROM t"))  # an open transaction: a metadata lock on t
+    migrator = Migrator(
+        mysql_url, None, directory, stdout=None, ddl_lock_timeout=1, ddl_retry_attempts=20,
+        ddl_retry_backoff=0.2,
+    )  # fmt: skip
+    upgrade = asyncio.create_task(migrator.upgrade())
+    slowest = 0.0
+    try:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            assert (await reader.execute(sa.text("SELECT count(*) FROM t"))).scalar() == 1
+            await reader.commit()
+            slowest = max(slowest, time.monotonic() - started)
+            await asyncio.sleep(0.05)
+        assert not upgrade.done()
+        await holder.commit()
+        assert await asyncio.wait_for(upgrade, 30) == ("r2",)
+    finally:
+        await holder.close()
+        await reader.close()
+        await migrator.aclose()
+        await engine.dispose()
+    assert slowest < 3.0, slowest  # at most about one lock_wait_timeout, not the whole blocked time
+    columns = await aquery(
+        mysql_url,
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 't' "
+        "AND table_schema = DATABASE() ORDER BY ordinal_position",
+    )
+    assert columns == [("id",), ("note",)]
+
+
+@pytest.mark.anyio
+async def test_blocker_that_never_commits_on_mariadb(mysql_url: str, tmp_path: Path) -> None:
+    from async_migrate import DDLLockTimeoutError
+
+    directory = await _ddl_setup(mysql_url, tmp_path)
+    engine = create_async_engine(mysql_url, poolclass=sa.pool.NullPool)
+    holder = await engine.connect()
+    holder_id = (await holder.execute(sa.text("SELECT CONNECTION_ID()"))).scalar()
+    await holder.execute(sa.text("SELECT * FROM t"))
+    try:
+        async with Migrator(
+            mysql_url, None, directory, stdout=None, ddl_lock_timeout=1, ddl_retry_attempts=2,
+            ddl_retry_backoff=0.1,
+        ) as migrator:  # fmt: skip
+            with pytest.raises(DDLLockTimeoutError) as failed:
+                await migrator.upgrade()
+    finally:
+        await holder.close()
+        await engine.dispose()
+    message = str(failed.value)
+    assert "Revision r2 could not get the table locks it needs" in message and "2 attempt(s)" in message
+    assert f"connection id {holder_id}" in message and f"KILL {holder_id}" in message
+    assert "Nothing of it was applied" in message
+    assert await aquery(mysql_url, VERSION) == [("r1",)]
