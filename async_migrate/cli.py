@@ -329,8 +329,8 @@ def _ddl_options(f: Callable[..., Any]) -> Callable[..., Any]:
         "--ddl-lock-timeout",
         type=float,
         default=None,
-        help="PostgreSQL: seconds a statement may wait for a table lock before its revision is rolled "
-        "back and retried (default 5; 0 waits forever)",
+        help="Seconds a statement may wait for a table lock before its revision is rolled back and "
+        "retried (default 5 on PostgreSQL, off on MySQL/MariaDB; 0 waits forever)",
     )(f)
 
 

@@ -207,7 +207,7 @@ class Migrate:
       scripts don't know (a newer release migrated it) instead of refusing to start.
     - ``healthz`` / ``MIGRATE_HEALTHZ`` (False): register ``GET /healthz`` (or the path given as a string):
       200 with the revision when the database is at head, 503 otherwise.
-    - ``ddl_lock_timeout`` / ``MIGRATE_DDL_LOCK_TIMEOUT`` ("auto": 5 s on PostgreSQL): seconds a migration
+    - ``ddl_lock_timeout`` / ``MIGRATE_DDL_LOCK_TIMEOUT`` ("auto": 5 s on PostgreSQL, off on MySQL): seconds a migration
       statement may wait for a table lock before its revision is rolled back and retried (None: forever).
     - ``ddl_retry_attempts`` / ``MIGRATE_DDL_RETRY_ATTEMPTS`` (5) and ``ddl_retry_backoff`` /
       ``MIGRATE_DDL_RETRY_BACKOFF`` (2 s, doubling): how often and how patiently.

@@ -217,10 +217,11 @@ class Migrator:
     :param stdout: where Alembic's text output goes (history listings, ``--sql`` output); ``None`` drops it.
     :param configure: callbacks that receive the Alembic :class:`~alembic.config.Config` and return it.
     :param x_arg: ``-x`` arguments passed to env.py with every command.
-    :param ddl_lock_timeout: PostgreSQL only: seconds a migration statement may wait for a table lock
-        (``SET lock_timeout`` on the migration session, never on the app's connections) before its revision
-        is rolled back and retried, so that a migration blocked by a long transaction does not queue every
-        query on the table behind it. ``"auto"`` (default): 5 s; None: wait forever.
+    :param ddl_lock_timeout: seconds a migration statement may wait for a table lock (``SET lock_timeout``
+        on PostgreSQL, ``lock_wait_timeout`` on MySQL/MariaDB; on the migration session only, never on the
+        app's connections) before its revision is rolled back and retried, so that a migration blocked by a
+        long transaction does not queue every query on the table behind it. ``"auto"`` (default): 5 s on
+        PostgreSQL, off elsewhere; None: wait forever.
     :param ddl_retry_attempts: how many times a revision that hit the DDL lock timeout is tried in all.
     :param ddl_retry_backoff: seconds before the second attempt, doubled for each further one.
     :param statement_timeout: PostgreSQL only: seconds any migration statement may run; None: no limit.
