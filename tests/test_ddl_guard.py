@@ -74,7 +74,8 @@ async def test_blocked_revision_retries_while_reads_go_on(
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:  # the app keeps reading t while the migration is blocked
             started = time.monotonic()
-            assert await reader.fetchval("SELECT count(*) FROM t") == 1
+            # Bounded, so that a regression fails here instead of hanging behind the ALTER.
+            assert await reader.fetchval("SELECT count(*) FROM t", timeout=10) == 1
             slowest_read = max(slowest_read, time.monotonic() - started)
             await asyncio.sleep(0.05)
         assert not upgrade.done()

@@ -737,10 +737,13 @@ async def test_blocked_alter_retries_and_reads_go_on(mysql_url: str, tmp_path: P
     upgrade = asyncio.create_task(migrator.upgrade())
     slowest = 0.0
     try:
-        deadline = time.monotonic() + 3.0
+        # 5 s blocked: unguarded, a read would queue behind the ALTER for all of it.
+        deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
             started = time.monotonic()
-            assert (await reader.execute(sa.text("SELECT count(*) FROM t"))).scalar() == 1
+            # Bounded, so that a regression fails here instead of hanging behind the ALTER.
+            result = await asyncio.wait_for(reader.execute(sa.text("SELECT count(*) FROM t")), 10)
+            assert result.scalar() == 1
             await reader.commit()
             slowest = max(slowest, time.monotonic() - started)
             await asyncio.sleep(0.05)
@@ -752,7 +755,7 @@ async def test_blocked_alter_retries_and_reads_go_on(mysql_url: str, tmp_path: P
         await reader.close()
         await migrator.aclose()
         await engine.dispose()
-    assert slowest < 3.0, slowest  # at most about one lock_wait_timeout, not the whole blocked time
+    assert slowest < 3.0, slowest  # about one lock_wait_timeout (1 s), not the whole blocked 5 s
     columns = await aquery(
         mysql_url,
         "SELECT column_name FROM information_schema.columns WHERE table_name = 't' "
