@@ -175,8 +175,12 @@ def test_upgrade_shows_progress_on_a_terminal(project: Project) -> None:
         stderr=follower,
     )
     os.close(follower)
+    import select
+
     output = b""
     while True:
+        ready, _, _ = select.select([leader], [], [], 60)
+        assert ready, f"no output within 60 s: {output!r}"
         try:
             chunk = os.read(leader, 4096)
         except OSError:

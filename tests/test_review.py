@@ -396,8 +396,12 @@ def test_cli_asks_on_a_terminal(tmp_path: Path, sqlite_url: str) -> None:
         stderr=follower,
     )
     os.close(follower)
+    import select
+
     seen = b""
     while b"[y/N]" not in seen:
+        ready, _, _ = select.select([leader], [], [], 60)
+        assert ready, f"no prompt within 60 s: {seen!r}"
         chunk = os.read(leader, 1024)
         assert chunk, seen
         seen += chunk
