@@ -67,20 +67,13 @@ def _run(
 
 async def _dispose_app_engine(state: MigrateState) -> None:
     # The pool's connections belong to this command's event loop, which ends with the command.
-    bind_sources = [
-        spec[0] if isinstance(spec, tuple) and len(spec) == 2 else getattr(spec, "engine", None)
-        for spec in state.binds.values()
-    ]
-    for source in (state.engine_source, getattr(state.db, "engine", None), *bind_sources):
-        if isinstance(source, str):
-            continue
-        if source is not None:
-            try:
-                engine = engine_of(source)
-            except AsyncMigrateError:
-                engine = None
-            if engine is not None:
-                await engine.dispose()
+    for source in state.engine_sources():
+        try:
+            engine = engine_of(source)
+        except AsyncMigrateError:
+            engine = None
+        if engine is not None:
+            await engine.dispose()
 
 
 def _show_progress() -> None:

@@ -94,13 +94,18 @@ def engine_of(source: Any) -> AsyncEngine | None:
     )
 
 
-def bind_of(name: str, spec: Any, app: Quart) -> tuple[AsyncEngine | str, MetaData | None]:
-    """One entry of ``binds=``: ``(engine source, db)``, an object with ``.engine`` and ``.metadata``, or a
-    db alone whose URL is ``SQLALCHEMY_BINDS[name]``."""
+def split_bind(spec: Any) -> tuple[Any, Any]:
+    """One entry of ``binds=`` as ``(engine source or None, db)``: given as ``(engine source, db)``, as an
+    object with ``.engine`` and ``.metadata``, or as a db alone."""
     if isinstance(spec, tuple) and len(spec) == 2:
-        source, db = spec
-    else:
-        source, db = getattr(spec, "engine", None), spec
+        return spec[0], spec[1]
+    return getattr(spec, "engine", None), spec
+
+
+def bind_of(name: str, spec: Any, app: Quart) -> tuple[AsyncEngine | str, MetaData | None]:
+    """One entry of ``binds=`` resolved: its engine (or URL; a db alone takes ``SQLALCHEMY_BINDS[name]``)
+    and its MetaData."""
+    source, db = split_bind(spec)
     metadata = metadata_of(db)
     if isinstance(source, str):
         return source, metadata
@@ -132,6 +137,12 @@ class MigrateState:
     @property
     def metadata(self) -> MetaData | None:
         return metadata_of(self.db)
+
+    def engine_sources(self) -> list[Any]:
+        """Every engine source the app handed over (main database and binds; URLs and None left out)."""
+        sources = [self.engine_source, getattr(self.db, "engine", None)]
+        sources += [split_bind(spec)[0] for spec in self.binds.values()]
+        return [s for s in sources if s is not None and not isinstance(s, str)]
 
     def engine(self, app: Quart) -> AsyncEngine | str:
         """The app's own engine if it has one, else its ``SQLALCHEMY_DATABASE_URI``."""
@@ -292,7 +303,7 @@ class Migrate:
             ctx_kwargs["render_as_batch"] = render_as_batch
         metadata_of(self.db)  # fail now, not at the first command, on a db we cannot use
         for spec in self.binds.values():
-            metadata_of(spec[1] if isinstance(spec, tuple) and len(spec) == 2 else spec)
+            metadata_of(split_bind(spec)[1])
         if self.engine is not None and not callable(self.engine):
             engine_of(self.engine)
         settings = {
