@@ -11,7 +11,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from quart import Quart
@@ -21,7 +21,9 @@ from .errors import AsyncMigrateError
 from .extension import MigrateState, _state, engine_of
 from .graph import FORMATS
 from .migrator import Migrator
-from .review import RenamePolicy
+
+if TYPE_CHECKING:
+    from .review import RenamePolicy
 
 T = TypeVar("T")
 
@@ -82,6 +84,11 @@ def _show_progress() -> None:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.INFO)
+    # Alembic is imported only when a command needs it, so after this: its import-time "setup plugin"
+    # lines would show, which `alembic` and `flask db` never print.
+    plugins = logging.getLogger("alembic.runtime.plugins")
+    if plugins.level == logging.NOTSET:
+        plugins.setLevel(logging.WARNING)
     if not logging.getLogger().handlers and not any(
         logging.getLogger(n).handlers for n in ("alembic", "async_migrate")
     ):

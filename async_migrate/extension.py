@@ -8,16 +8,18 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from alembic.config import Config
-from alembic.script import Script
 from quart import Blueprint, Quart, current_app
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from .errors import AsyncMigrateError, ConfigurationError, UnknownRevisionError
 from .migrator import SYS_STDOUT, ConfigureCallback, MigrationStatus, Migrator
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import Script
 
 __all__ = [
     "Migrate",
@@ -190,11 +192,21 @@ class MigrateState:
             directory or self.directory,
             binds={name: bind_of(name, spec, app) for name, spec in self.binds.items()} or None,
             stdout=stdout,
-            configure=[self.migrate.call_configure_callbacks],
+            configure=self._configure_callbacks(),
             x_arg=list(x_arg or ()),
             **options,
             **self.configure_args,
         )
+
+    def _configure_callbacks(self) -> list[ConfigureCallback]:
+        # None registered: the Migrator then knows the Alembic Config is the plain one, which lets its
+        # no-op startup check and `current` at head skip loading Alembic.
+        hook = self.migrate.call_configure_callbacks
+        if not self.migrate.configure_callbacks and type(self.migrate).call_configure_callbacks is (
+            Migrate.call_configure_callbacks
+        ):
+            return []
+        return [hook]
 
 
 class Migrate:

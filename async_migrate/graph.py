@@ -26,8 +26,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from alembic.script import Script, ScriptDirectory
+if TYPE_CHECKING:
+    from alembic.script import Script, ScriptDirectory
 
 __all__ = ["FORMATS", "render_graph"]
 

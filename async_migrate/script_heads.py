@@ -17,31 +17,49 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic.script import ScriptDirectory
+if (
+    TYPE_CHECKING
+):  # Alembic is imported only by callers that already loaded it: this module runs without
+    from alembic.script import ScriptDirectory
 
 CACHE_FILE = ".async_migrate-heads.json"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 # Alembic's own rule for which files in a versions folder are revision scripts.
 _REVISION_FILE = re.compile(r"(?!\.\#|__init__)(.*\.py)$")
 _HEADER = re.compile(
-    r"^(revision|down_revision)\s*(?::[^=\n]*)?=\s*(.+?)\s*(?:#.*)?$", re.MULTILINE
+    r"^(revision|down_revision|depends_on)\s*(?::[^=\n]*)?=\s*(.+?)\s*(?:#.*)?$", re.MULTILINE
 )
 
 
-def _version_files(script: ScriptDirectory) -> list[os.DirEntry[str]] | None:
+@dataclass(frozen=True)
+class Heads:
+    """The scripts' heads, and how ``alembic current`` shows each of them when the database is there
+    (``"abc123 (head)"``), or None when that is not known without a full load."""
+
+    heads: tuple[str, ...]
+    current_lines: dict[str, str] | None
+
+
+def locations_of(script: ScriptDirectory) -> list[str] | None:
+    """The version folders of a loaded ScriptDirectory; None for layouts this module does not handle."""
     if script.sourceless or script.recursive_version_locations:
         return None
-    files: list[os.DirEntry[str]] = []
-    locations: Iterable[Path] = script._version_locations
-    for location in locations:
+    return [str(location) for location in script._version_locations]
+
+
+def _version_files(locations: Sequence[str]) -> list[tuple[int, os.DirEntry[str]]]:
+    files: list[tuple[int, os.DirEntry[str]]] = []
+    for number, location in enumerate(locations):
         try:
             with os.scandir(location) as entries:
                 files.extend(
-                    entry
+                    (number, entry)
                     for entry in entries
                     if _REVISION_FILE.match(entry.name) and entry.is_file()
                 )
@@ -50,22 +68,24 @@ def _version_files(script: ScriptDirectory) -> list[os.DirEntry[str]] | None:
     return files
 
 
-def _fingerprint(files: list[os.DirEntry[str]]) -> str:
-    digest = hashlib.sha256()
-    for entry in sorted(files, key=lambda e: e.path):
+def _fingerprint(files: list[tuple[int, os.DirEntry[str]]]) -> str:
+    # One stat per file is the floor (an edited script must change the fingerprint); the rest is kept to
+    # one pass and one hash call, since this runs at every start. Folders are named by position, not
+    # path: "./migrations" and "migrations" are the same scripts.
+    lines = []
+    for number, entry in files:
         stat = entry.stat()
-        digest.update(f"{entry.path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+        lines.append(f"{number}\0{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n")
+    lines.sort()
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
-def _cache_path(script: ScriptDirectory) -> Path:
-    return Path(script.dir) / CACHE_FILE
-
-
-def _from_headers(files: list[os.DirEntry[str]]) -> tuple[str, ...] | None:
+def _from_headers(files: list[tuple[int, os.DirEntry[str]]]) -> Heads | None:
     revisions: set[str] = set()
     parents: set[str] = set()
-    for entry in files:
+    merges: set[str] = set()
+    has_dependencies = False
+    for _, entry in files:
         try:
             with open(entry.path, encoding="utf-8") as handle:
                 text = handle.read(8192)
@@ -84,47 +104,85 @@ def _from_headers(files: list[os.DirEntry[str]]) -> tuple[str, ...] | None:
         if not isinstance(revision, str) or revision in revisions or down is ...:
             return None
         revisions.add(revision)
+        # A revision something depends on is shown as an "effective head": leave that to Alembic.
+        has_dependencies = has_dependencies or found.get("depends_on") is not None
         if down is None:
             continue
         if isinstance(down, str):
             parents.add(down)
         elif isinstance(down, (tuple, list)) and all(isinstance(d, str) for d in down):
             parents.update(down)
+            if len(down) > 1:
+                merges.add(revision)
         else:
             return None
     if not parents <= revisions:
         return None
-    return tuple(sorted(revisions - parents))
+    heads = tuple(sorted(revisions - parents))
+    lines = None
+    if not has_dependencies:
+        lines = {
+            head: f"{head} (head){' (mergepoint)' if head in merges else ''}" for head in heads
+        }
+    return Heads(heads, lines)
 
 
-def cached_heads(script: ScriptDirectory) -> tuple[str, ...] | None:
-    """The heads, from the cache or the header lines; None when only a full load can tell."""
-    files = _version_files(script)
-    if files is None:
-        return None
+def cached(locations: Sequence[str], directory: str | Path) -> Heads | None:
+    """The heads of the scripts in ``locations`` (the version folders of the migrations ``directory``),
+    from the cache or the header lines; None when only a full load can tell."""
+    files = _version_files(locations)
     fingerprint = _fingerprint(files)
+    path = Path(directory) / CACHE_FILE
     try:
-        cached = json.loads(_cache_path(script).read_text())
-        if cached.get("format") == CACHE_FORMAT and cached.get("fingerprint") == fingerprint:
-            return tuple(cached["heads"])
+        found = json.loads(path.read_text())
+        if found.get("format") == CACHE_FORMAT and found.get("fingerprint") == fingerprint:
+            lines = found.get("current_lines")
+            return Heads(tuple(found["heads"]), dict(lines) if lines is not None else None)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     heads = _from_headers(files)
     if heads is not None:
-        _write(script, fingerprint, heads)
+        _write(path, fingerprint, heads)
     return heads
 
 
+def cached_heads(script: ScriptDirectory) -> tuple[str, ...] | None:
+    """The heads of a ScriptDirectory's scripts without importing them; None when only a full load can
+    tell."""
+    locations = locations_of(script)
+    found = cached(locations, script.dir) if locations is not None else None
+    return found.heads if found is not None else None
+
+
 def remember_heads(script: ScriptDirectory, heads: Iterable[str]) -> None:
-    """Record the heads Alembic found by a full load, for the next process."""
-    files = _version_files(script)
-    if files is not None:
-        _write(script, _fingerprint(files), tuple(sorted(heads)))
+    """Record the heads Alembic found by a full load (and how ``current`` shows each), for the next
+    process."""
+    locations = locations_of(script)
+    if locations is None:
+        return
+    ordered = tuple(sorted(heads))
+    lines = {}
+    for head in ordered:
+        revision = script.get_revision(head)
+        if revision is None:
+            return
+        lines[head] = revision.cmd_format(verbose=False)
+    _write(
+        Path(script.dir) / CACHE_FILE,
+        _fingerprint(_version_files(locations)),
+        Heads(ordered, lines),
+    )
 
 
-def _write(script: ScriptDirectory, fingerprint: str, heads: tuple[str, ...]) -> None:
-    path = _cache_path(script)
-    payload = json.dumps({"format": CACHE_FORMAT, "fingerprint": fingerprint, "heads": list(heads)})
+def _write(path: Path, fingerprint: str, heads: Heads) -> None:
+    payload = json.dumps(
+        {
+            "format": CACHE_FORMAT,
+            "fingerprint": fingerprint,
+            "heads": list(heads.heads),
+            "current_lines": heads.current_lines,
+        }
+    )
     # A read-only deploy simply goes without the cache; a temp file + rename never leaves half a file.
     with contextlib.suppress(OSError):
         temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")

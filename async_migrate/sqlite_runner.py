@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import create_engine, event, pool
@@ -34,6 +36,22 @@ def sqlite_file_url(url: URL) -> URL | None:
     ):
         return None
     return url.set(drivername="sqlite+pysqlite")
+
+
+def read_version_table(url: URL, table: str) -> tuple[str, ...] | None:
+    """The revisions in ``table`` of the SQLite file, read on a plain read-only ``sqlite3`` connection
+    (no engine, no driver thread: the no-op startup check). None whenever that is not a plain answer: no
+    file, no table, the file locked by a writer, options in the URL; the caller then asks its engine."""
+    if url.query or not url.database:
+        return None
+    try:
+        uri = Path(url.database).resolve().as_uri() + "?mode=ro"
+        # timeout=0: a writer holds the file, so a migration may be running; the full path waits properly.
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=0)) as connection:
+            rows = connection.execute(f'SELECT version_num FROM "{table}"').fetchall()
+    except (sqlite3.Error, OSError, ValueError):
+        return None
+    return tuple(str(row[0]) for row in rows)
 
 
 def _engine(url: URL) -> Engine:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +128,114 @@ async def test_read_only_migrations_folder_works(migrations: Path, sqlite_url: s
             assert await migrator.upgrade() == ()
     finally:
         migrations.chmod(0o755)
+
+
+async def test_current_at_head_prints_alembics_own_line(migrations: Path, sqlite_url: str) -> None:
+    """`current` at a head answers from the cache; its line is the one Alembic prints (merge points too)."""
+    write_rev(migrations, "a", None)
+    write_rev(migrations, "b1", "a")
+    write_rev(migrations, "b2", "a")
+    write_rev(migrations, "m", ("b1", "b2"))
+    async with Migrator(sqlite_url, None, migrations, stdout=None) as migrator:
+        await migrator.upgrade()
+    expected = script(migrations).get_revision("m").cmd_format(verbose=False)
+    assert expected == "m (head) (mergepoint)"
+    for source in ("script headers", "Alembic's full load"):
+        (migrations / CACHE_FILE).unlink()
+        if source == "Alembic's full load":
+            async with Migrator(sqlite_url, None, migrations, stdout=None) as migrator:
+                migrator.script_directory()  # the full load writes the cache
+        output = io.StringIO()
+        async with Migrator(sqlite_url, None, migrations, stdout=output) as migrator:
+            assert await migrator.current() == ("m",)
+        assert output.getvalue() == expected + "\n", source
+        assert json.loads((migrations / CACHE_FILE).read_text())["current_lines"] == {"m": expected}
+
+
+async def test_current_leaves_effective_heads_to_alembic(migrations: Path, sqlite_url: str) -> None:
+    """A head that another revision depends on is an "effective head": the header parse cannot word
+    that, so `current` lets Alembic print it."""
+    write_rev(migrations, "a", None)
+    write_rev(migrations, "b", "a")
+    path = write_rev(migrations, "c", None)
+    path.write_text(path.read_text().replace("depends_on = None", "depends_on = 'b'"))
+    async with Migrator(sqlite_url, None, migrations, stdout=None) as migrator:
+        await migrator.upgrade("b")
+    output = io.StringIO()
+    async with Migrator(sqlite_url, None, migrations, stdout=output) as migrator:
+        assert await migrator.current() == ("b",)
+    assert output.getvalue() == "b (effective head)\n"
+
+
+async def test_current_off_head_is_alembics_answer(migrations: Path, sqlite_url: str) -> None:
+    write_rev(migrations, "a", None)
+    async with Migrator(sqlite_url, None, migrations, stdout=None) as migrator:
+        await migrator.upgrade()
+    write_rev(migrations, "b", "a")  # the database is now one behind
+    output = io.StringIO()
+    async with Migrator(sqlite_url, None, migrations, stdout=output) as migrator:
+        assert await migrator.current() == ("a",)
+    assert output.getvalue() == "a\n"
+
+
+async def test_version_locations_in_alembic_ini_are_honoured(
+    migrations: Path, sqlite_url: str
+) -> None:
+    """With version_locations set, the fast path reads those folders (through Alembic), never the
+    default versions folder: a stale copy there must not make a new revision look applied."""
+    other = migrations / "other"
+    other.mkdir()
+    ini = migrations / "alembic.ini"
+    ini.write_text(
+        ini.read_text().replace(
+            "[alembic]\n", "[alembic]\nversion_locations = %(here)s/other\n", 1
+        )
+    )
+    write_rev(migrations, "x", None)  # the stale copy, in versions/
+    (other / "x_r.py").write_text((migrations / "versions" / "x_r.py").read_text())
+    async with Migrator(sqlite_url, None, migrations, stdout=None) as migrator:
+        assert await migrator.upgrade() == ("x",)
+        (other / "y_r.py").write_text(
+            (migrations / "versions" / "x_r.py")
+            .read_text()
+            .replace("revision: str = 'x'", "revision: str = 'y'")
+            .replace("down_revision = None", "down_revision = 'x'")
+        )
+        assert await migrator.upgrade() == ("y",)
+        assert await migrator.upgrade() == ()
+
+
+def test_noop_upgrade_and_current_at_head_load_neither_alembic_nor_the_driver(
+    tmp_path: Path,
+) -> None:
+    """What every replica start pays when there is nothing to do: no Alembic import, no engine."""
+    import asyncio
+
+    directory = tmp_path / "migrations"
+    url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+
+    async def setup() -> None:
+        async with Migrator(url, None, directory, stdout=None) as migrator:
+            await migrator.init()
+            write_rev(directory, "a", None)
+            assert await migrator.upgrade() == ("a",)
+
+    asyncio.run(setup())
+    probe = f"""
+import asyncio, io, sys
+from async_migrate import Migrator
+
+async def probe():
+    out = io.StringIO()
+    async with Migrator({url!r}, None, {str(directory)!r}, stdout=out) as m:
+        assert await m.upgrade() == ()
+        assert await m.current() == ("a",)
+    print(out.getvalue().strip(), "alembic" in sys.modules, "aiosqlite" in sys.modules)
+
+asyncio.run(probe())
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["a", "(head)", "False", "False"]
