@@ -70,22 +70,32 @@ def _engine(url: URL) -> Engine:
 
 
 class RevisionSavepoints:
-    """One transaction, a savepoint per revision: :meth:`revision_done` keeps the revision just applied."""
+    """One transaction, a savepoint per revision: :meth:`revision_done` keeps the revision just applied.
+
+    The savepoints are plain SQL on the driver's connection: SQLAlchemy's ``begin_nested`` compiles a new
+    statement for each uniquely named savepoint, two per revision, which on long histories costs more
+    than the savepoints themselves.
+    """
+
+    NAME = "async_migrate_revision"
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.outer = connection.begin()
-        self.savepoint = connection.begin_nested()
+        self._driver = connection.connection.driver_connection
+        self._run(f"SAVEPOINT {self.NAME}")
+
+    def _run(self, statement: str) -> None:
+        self._driver.execute(statement)  # type: ignore[union-attr]
 
     def revision_done(self) -> None:
-        self.savepoint.commit()
-        self.savepoint = self.connection.begin_nested()
+        self._run(f"RELEASE SAVEPOINT {self.NAME}")
+        self._run(f"SAVEPOINT {self.NAME}")
 
     def finish(self, failed: bool) -> None:
         if failed:
-            self.savepoint.rollback()
-        else:
-            self.savepoint.commit()
+            self._run(f"ROLLBACK TO SAVEPOINT {self.NAME}")
+        self._run(f"RELEASE SAVEPOINT {self.NAME}")
         self.outer.commit()
 
 
