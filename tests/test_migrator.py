@@ -241,3 +241,30 @@ async def test_cancelled_sqlite_upgrade_finishes_its_revision_before_letting_go(
             assert await SQLiteFileLock(str(tmp_path / "app.db")).describe_holder(connection) is None
             assert await migrator.read_current_heads(connection) == ("r1",)
     assert "t" in await inspect_tables(sqlite_url)
+
+
+async def test_asyncpg_migration_ddl_in_one_round_trip_app_untouched(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """On asyncpg the migration connection sends DDL by the simple query protocol (one round trip, as
+    psycopg does), which also accepts two statements in one DDL; the app's connections of the same engine
+    keep SQLAlchemy's prepared statements, which refuse that."""
+    engine = create_async_engine(pg_url)
+    directory = tmp_path / "migrations"
+    try:
+        async with Migrator(engine, None, directory, stdout=None) as migrator:
+            await migrator.init()
+            (directory / "versions" / "r1_two.py").write_text(
+                'revision = "r1"\ndown_revision = None\nbranch_labels = None\ndepends_on = None\n'
+                "from alembic import op\nimport sqlalchemy as sa\n"
+                "def upgrade():\n"
+                "    op.execute(sa.DDL('CREATE TABLE one (id int); CREATE TABLE two (id int)'))\n"
+                "def downgrade():\n    pass\n"
+            )
+            assert await migrator.upgrade() == ("r1",)
+        assert {"one", "two"} <= set(await inspect_tables(pg_url))
+        async with engine.connect() as app_connection:
+            with pytest.raises(sa.exc.DBAPIError, match="multiple commands"):
+                await app_connection.execute(sa.DDL("CREATE TABLE three (id int); SELECT 1"))
+    finally:
+        await engine.dispose()
