@@ -30,7 +30,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from . import asyncpg_ddl, script_heads
+from . import asyncpg_simple_query, script_heads
 from .ddl_guard import (
     DEFAULT_POSTGRES_DDL_LOCK_TIMEOUT,
     MYSQL_DIALECTS,
@@ -536,8 +536,8 @@ class Migrator:
                 await connection.execution_options(isolation_level="AUTOCOMMIT")
                 event.listen(connection.sync_connection, "begin", _emit_begin)
             elif connection.dialect.driver == "asyncpg":
-                asyncpg_ddl.enable(self.engine.sync_engine)
-                await connection.execution_options(**{asyncpg_ddl.OPTION: True})
+                asyncpg_simple_query.enable(self.engine.sync_engine)
+                await connection.execution_options(**{asyncpg_simple_query.OPTION: True})
             yield connection
         finally:
             await connection.close()
