@@ -359,7 +359,13 @@ class Migrator:
     def engine(self) -> AsyncEngine:
         """The database's AsyncEngine (made from the URL on first use, when the Migrator got a URL)."""
         if self._engine is None:
-            self._engine = self._engine_for(self._url)
+            try:
+                self._engine = self._engine_for(self._url)
+            except ModuleNotFoundError as exc:
+                raise ConfigurationError(
+                    f"The database driver for {self.url} is not installed ({exc}): install it, e.g. "
+                    f"`pip install {exc.name or self._url.get_driver_name()}`."
+                ) from None
         return self._engine
 
     @property

@@ -6,6 +6,8 @@ drift from what the tool says.
 
 from __future__ import annotations
 
+import importlib.util
+
 import re
 from pathlib import Path
 
@@ -148,6 +150,24 @@ def test_sync_driver_url(project: Project) -> None:
     result = project.quart("db", "current")
     assert_clean_failure(result, "uses the synchronous driver")
     assert "+aiosqlite://" in result.stderr or "+asyncpg://" in result.stderr
+
+
+def test_driver_not_installed(project: Project) -> None:
+    # aiomysql is an asyncio driver SQLAlchemy knows, and not a dependency of ours.
+    pytest.importorskip("sqlalchemy.dialects.mysql.aiomysql")
+    if importlib.util.find_spec("aiomysql") is not None:
+        pytest.skip("aiomysql is installed here")
+    (project.path / "app.py").write_text(
+        "import os\nfrom quart import Quart\nfrom async_migrate import Migrate\nfrom models import Base\n"
+        "app = Quart(__name__)\napp.config['SQLALCHEMY_DATABASE_URI'] = os.environ['DATABASE_URL']\n"
+        "Migrate(app, Base)\n"
+    )
+    project.db("init")
+    project.url = f"mysql+aiomysql://root:{SECRET}@127.0.0.1/test"
+    result = project.quart("db", "upgrade")
+    assert_clean_failure(result, "is not installed")
+    assert "pip install aiomysql" in result.stderr
+    assert SECRET not in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(
