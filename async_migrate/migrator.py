@@ -1336,17 +1336,25 @@ class Migrator:
             known = None  # Alembic's full load words the multiple-heads refusal
         if known is not None and set(await self._read_version_table()) == set(known.heads):
             return ()
-        from alembic import command
-
-        config = self.get_config(x_arg)
         if sql:
+            from alembic import command
+
+            config = self.get_config(x_arg)
             await self._alembic(lambda c: command.upgrade(c, revision, sql=True, tag=tag), config)
             return ()
+        # Alembic's Config and the scripts are made once there is work: a replica that only waits for
+        # another one's upgrade loads neither Alembic nor any script.
+        made: list[Config] = []
         loaded: list[ScriptDirectory] = []
+
+        def make_config() -> Config:
+            if not made:
+                made.append(self.get_config(x_arg))
+            return made[0]
 
         def scripts() -> ScriptDirectory:
             if not loaded:
-                loaded.append(self.script_directory(config))
+                loaded.append(self.script_directory(make_config()))
             return loaded[0]
 
         def check(current: tuple[str, ...]) -> None:
@@ -1360,7 +1368,7 @@ class Migrator:
 
         return await self._apply(
             lambda c: _migrate_online(c, scripts(), "upgrade", revision, tag),
-            config,
+            make_config,
             scripts,
             target=revision,
             is_done=is_done,
@@ -1407,7 +1415,7 @@ class Migrator:
 
         return await self._apply(
             lambda c: _migrate_online(c, script, "downgrade", revision, tag),
-            config,
+            lambda: config,
             lambda: script,
             target=None,
             is_done=lambda current: False,
@@ -1453,7 +1461,7 @@ class Migrator:
     async def _apply(
         self,
         call: Callable[[Config], None],
-        config: Config,
+        make_config: Callable[[], Config],
         scripts: Callable[[], ScriptDirectory],
         *,
         target: str | None,
@@ -1462,16 +1470,17 @@ class Migrator:
         precheck: Callable[[tuple[str, ...]], None] | None = None,
     ) -> tuple[str, ...]:
         """Run an upgrade or downgrade under the lock, recording and logging each revision applied.
-        ``scripts`` gives the loaded ScriptDirectory (loaded only when there is work, if ``check`` and
-        ``is_done`` need no scripts)."""
+        ``make_config`` and ``scripts`` give Alembic's Config and the loaded ScriptDirectory; with a
+        ``precheck`` and an ``is_done`` that need neither, they are called only when there is work."""
         recorder = _AppliedRecorder(self.url, self.progress)
-        settings = config.attributes[SETTINGS_KEY]
-        user_callbacks = settings["configure_kwargs"].get("on_version_apply") or ()
-        if callable(user_callbacks):
-            user_callbacks = (user_callbacks,)
-        settings["configure_kwargs"]["on_version_apply"] = (recorder, *user_callbacks)
 
         async def work(connection: AsyncConnection, current: tuple[str, ...]) -> None:
+            config = make_config()
+            settings = config.attributes[SETTINGS_KEY]
+            user_callbacks = settings["configure_kwargs"].get("on_version_apply") or ()
+            if callable(user_callbacks):
+                user_callbacks = (user_callbacks,)
+            settings["configure_kwargs"]["on_version_apply"] = (recorder, *user_callbacks)
             recorder.start()
             if target is not None:
                 try:
@@ -1489,12 +1498,12 @@ class Migrator:
                 # costs every statement some CPU, so only there.)
                 recorder.watch_statements(sync_connection)
             try:
-                await guarded_or_plain(connection)
+                await guarded_or_plain(connection, config)
             finally:
                 recorder.stop_watching()
             recorder.summarise()
 
-        async def guarded_or_plain(connection: AsyncConnection) -> None:
+        async def guarded_or_plain(connection: AsyncConnection, config: Config) -> None:
             guard = self.ddl_guard(connection.dialect.name)
             sqlite_file = (
                 sqlite_file_url(connection.engine.url)

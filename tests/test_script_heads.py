@@ -239,3 +239,57 @@ asyncio.run(probe())
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["a", "(head)", "False", "False"]
+
+
+def test_a_replica_waiting_for_another_ones_upgrade_loads_no_alembic(tmp_path: Path) -> None:
+    """A replica that finds work but not the lock waits; when the holder brings the database to head,
+    it returns having imported neither Alembic nor any revision script."""
+    import asyncio
+    import fcntl
+    import time
+
+    directory = tmp_path / "migrations"
+    database = tmp_path / "app.db"
+    url = f"sqlite+aiosqlite:///{database}"
+
+    async def setup() -> None:
+        async with Migrator(url, None, directory, stdout=None) as migrator:
+            await migrator.init()
+            write_rev(directory, "a", None)
+
+    asyncio.run(setup())
+    waiter = f"""
+import asyncio, logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+from async_migrate import Migrator
+
+async def main():
+    async with Migrator({url!r}, None, {str(directory)!r}, stdout=None, lock_timeout=60) as m:
+        assert await m.upgrade() == ()
+    print("alembic" in sys.modules)  # no Alembic: no script can have been loaded either
+
+asyncio.run(main())
+"""
+    with open(f"{database}.migrate-lock", "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # this test is the migrator holding the lock
+        process = subprocess.Popen(
+            [sys.executable, "-c", waiter], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            deadline = time.monotonic() + 60
+            assert process.stderr is not None
+            for line in process.stderr:  # wait until it is really waiting for the lock
+                if "Waiting up to" in line or time.monotonic() > deadline:
+                    break
+
+            async def migrate() -> None:
+                async with Migrator(url, None, directory, stdout=None, lock=False) as migrator:
+                    assert await migrator.upgrade() == ("a",)
+
+            asyncio.run(migrate())
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "Another migrator brought" in stderr
+    assert stdout.split() == ["False"]
