@@ -6,7 +6,9 @@ version files' names, sizes and modification times, or, when that is stale, from
 ``revision = ...`` / ``down_revision = ...`` header lines. Anything unusual (a header that is not a plain
 literal, a ``down_revision`` naming no known revision, sourceless or recursive version locations) returns
 None, and the caller falls back to Alembic's full load. The result is only ever used to decide that there
-is *nothing* to do: any work goes through Alembic's own view of the scripts.
+is *nothing* to do (the no-op startup check, a replica waiting for another one's upgrade) and, with the
+database at a head, to print that head's line for ``current`` as Alembic would: any work goes through
+Alembic's own view of the scripts.
 """
 
 from __future__ import annotations
