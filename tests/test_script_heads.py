@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import io
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -205,22 +208,29 @@ async def test_version_locations_in_alembic_ini_are_honoured(
         assert await migrator.upgrade() == ()
 
 
-def test_noop_upgrade_and_current_at_head_load_neither_alembic_nor_the_driver(
-    tmp_path: Path,
-) -> None:
-    """What every replica start pays when there is nothing to do: no Alembic import, no engine."""
-    import asyncio
-
+def sqlite_project(tmp_path: Path, *, upgraded: bool) -> tuple[Path, Path, str]:
+    """A migrations folder with one revision "a", and its SQLite file (at "a" when ``upgraded``):
+    (migrations folder, database file, URL)."""
     directory = tmp_path / "migrations"
-    url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+    database = tmp_path / "app.db"
+    url = f"sqlite+aiosqlite:///{database}"
 
     async def setup() -> None:
         async with Migrator(url, None, directory, stdout=None) as migrator:
             await migrator.init()
             write_rev(directory, "a", None)
-            assert await migrator.upgrade() == ("a",)
+            if upgraded:
+                assert await migrator.upgrade() == ("a",)
 
     asyncio.run(setup())
+    return directory, database, url
+
+
+def test_noop_upgrade_and_current_at_head_load_neither_alembic_nor_the_driver(
+    tmp_path: Path,
+) -> None:
+    """What every replica start pays when there is nothing to do: no Alembic import, no engine."""
+    directory, _, url = sqlite_project(tmp_path, upgraded=True)
     probe = f"""
 import asyncio, io, sys
 from async_migrate import Migrator
@@ -244,20 +254,7 @@ asyncio.run(probe())
 def test_a_replica_waiting_for_another_ones_upgrade_loads_no_alembic(tmp_path: Path) -> None:
     """A replica that finds work but not the lock waits; when the holder brings the database to head,
     it returns having imported neither Alembic nor any revision script."""
-    import asyncio
-    import fcntl
-    import time
-
-    directory = tmp_path / "migrations"
-    database = tmp_path / "app.db"
-    url = f"sqlite+aiosqlite:///{database}"
-
-    async def setup() -> None:
-        async with Migrator(url, None, directory, stdout=None) as migrator:
-            await migrator.init()
-            write_rev(directory, "a", None)
-
-    asyncio.run(setup())
+    directory, database, url = sqlite_project(tmp_path, upgraded=False)
     waiter = f"""
 import asyncio, logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
