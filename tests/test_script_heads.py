@@ -7,6 +7,7 @@ import fcntl
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,9 +16,11 @@ from pathlib import Path
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
 
 from async_migrate import Migrator, MultipleHeadsError, UnknownRevisionError
 from async_migrate.script_heads import CACHE_FILE, cached_heads
+from async_migrate.sqlite_runner import read_version_table
 
 pytestmark = pytest.mark.anyio
 
@@ -290,3 +293,30 @@ asyncio.run(main())
     assert process.returncode == 0, stderr
     assert "Another migrator brought" in stderr
     assert stdout.split() == ["False"]
+
+
+def test_plain_sqlite_version_read_never_guesses(tmp_path: Path) -> None:
+    """The no-op check's plain sqlite3 read answers only when it plainly can; None sends the caller to
+    its engine, which waits for locks and creates nothing it should not."""
+    database = tmp_path / "app.db"
+    url = make_url(f"sqlite:///{database}")
+    assert read_version_table(url, "alembic_version") is None
+    assert not database.exists()  # read-only: a missing file is not created
+
+    setup = sqlite3.connect(database)
+    setup.execute("CREATE TABLE other (id INTEGER)")
+    setup.commit()
+    assert read_version_table(url, "alembic_version") is None  # no version table yet
+
+    setup.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+    setup.execute("INSERT INTO alembic_version VALUES ('a')")
+    setup.commit()
+    assert read_version_table(url, "alembic_version") == ("a",)
+
+    setup.execute("BEGIN EXCLUSIVE")  # a writer, e.g. a migration, holds the file
+    try:
+        assert read_version_table(url, "alembic_version") is None
+    finally:
+        setup.rollback()
+        setup.close()
+    assert read_version_table(make_url(f"sqlite:///{database}?timeout=5"), "alembic_version") is None
