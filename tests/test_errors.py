@@ -7,7 +7,6 @@ drift from what the tool says.
 from __future__ import annotations
 
 import importlib.util
-
 import re
 from pathlib import Path
 
