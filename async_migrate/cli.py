@@ -84,11 +84,6 @@ def _show_progress() -> None:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.INFO)
-    # Alembic is imported only when a command needs it, so after this: its import-time "setup plugin"
-    # lines would show, which `alembic` and `flask db` never print.
-    plugins = logging.getLogger("alembic.runtime.plugins")
-    if plugins.level == logging.NOTSET:
-        plugins.setLevel(logging.WARNING)
     if not logging.getLogger().handlers and not any(
         logging.getLogger(n).handlers for n in ("alembic", "async_migrate")
     ):

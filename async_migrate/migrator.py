@@ -81,6 +81,12 @@ __all__ = ["TEMPLATES_DIRECTORY", "MigrationStatus", "Migrator"]
 
 log = logging.getLogger("async_migrate")
 
+# Alembic is imported lazily, usually after the app has set up logging: its import-time "setup plugin" INFO
+# lines, which no app saw while Alembic was imported with everything else, stay quiet unless a level is set.
+_alembic_plugins_log = logging.getLogger("alembic.runtime.plugins")
+if _alembic_plugins_log.level == logging.NOTSET:
+    _alembic_plugins_log.setLevel(logging.WARNING)
+
 T = TypeVar("T")
 
 TEMPLATES_DIRECTORY = Path(__file__).parent / "templates"
