@@ -217,6 +217,16 @@ def _migrate_online(
         script.run_env()
 
 
+def _unknown_revisions(unknown: Sequence[str], heads: Sequence[str]) -> UnknownRevisionError:
+    return UnknownRevisionError(
+        f"The database is at revision {', '.join(unknown)}, which the migration scripts don't know "
+        f"(script heads: {', '.join(heads) or 'none'}). Either a newer release already migrated this "
+        "database (deploy that release), or the script was deleted or not pulled: restore it. If the "
+        "schema really matches a known revision, record that with `stamp --purge <revision>`.",
+        list(unknown),
+    )
+
+
 def cancel_requested() -> bool:
     """Whether someone asked to cancel the current task and nobody withdrew it (``Task.uncancel``).
 
@@ -708,15 +718,7 @@ class Migrator:
             except Exception:
                 unknown.append(rev)
         if unknown:
-            heads = ", ".join(script.get_heads()) or "none"
-            names = ", ".join(unknown)
-            raise UnknownRevisionError(
-                f"The database is at revision {names}, which the migration scripts don't know "
-                f"(script heads: {heads}). Either a newer release already migrated this database "
-                "(deploy that release), or the script was deleted or not pulled: restore it. If the schema "
-                f"really matches a known revision, record that with `stamp --purge <revision>`.",
-                unknown,
-            )
+            raise _unknown_revisions(unknown, script.get_heads())
 
     @staticmethod
     def _check_single_head(script: ScriptDirectory, target: str) -> None:
@@ -1369,6 +1371,13 @@ class Migrator:
 
         heads = set(known.heads) if known is not None else set(scripts().get_heads())
 
+        def known_revisions_only(current: tuple[str, ...]) -> None:
+            # A database at a revision no script has is refused at once, not after a turn at the lock.
+            assert known is not None
+            unknown = [rev for rev in current if rev not in known.revisions]
+            if unknown:
+                raise _unknown_revisions(unknown, known.heads)
+
         def is_done(current: tuple[str, ...]) -> bool:
             return revision in ("head", "heads") and set(current) == heads
 
@@ -1380,7 +1389,7 @@ class Migrator:
             is_done=is_done,
             check=check,
             # Waiters then import no script; the full check runs once there is work to do.
-            precheck=(lambda current: None) if known is not None else None,
+            precheck=known_revisions_only if known is not None else None,
         )
 
     async def downgrade(

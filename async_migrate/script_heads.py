@@ -30,7 +30,7 @@ if (
     from alembic.script import ScriptDirectory
 
 CACHE_FILE = ".async_migrate-heads.json"
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 # Alembic's own rule for which files in a versions folder are revision scripts.
 _REVISION_FILE = re.compile(r"(?!\.\#|__init__)(.*\.py)$")
@@ -41,11 +41,13 @@ _HEADER = re.compile(
 
 @dataclass(frozen=True)
 class Heads:
-    """The scripts' heads, and how ``alembic current`` shows each of them when the database is there
-    (``"abc123 (head)"``), or None when that is not known without a full load."""
+    """The scripts' heads; how ``alembic current`` shows each of them when the database is there
+    (``"abc123 (head)"``), or None when that is not known without a full load; and every revision id of
+    the scripts (so that a database at a revision no script has is refused without a full load)."""
 
     heads: tuple[str, ...]
     current_lines: dict[str, str] | None
+    revisions: frozenset[str]
 
 
 def locations_of(script: ScriptDirectory) -> list[str] | None:
@@ -126,7 +128,7 @@ def _from_headers(files: list[tuple[int, os.DirEntry[str]]]) -> Heads | None:
         lines = {
             head: f"{head} (head){' (mergepoint)' if head in merges else ''}" for head in heads
         }
-    return Heads(heads, lines)
+    return Heads(heads, lines, frozenset(revisions))
 
 
 def cached(locations: Sequence[str], directory: str | Path) -> Heads | None:
@@ -139,7 +141,11 @@ def cached(locations: Sequence[str], directory: str | Path) -> Heads | None:
         found = json.loads(path.read_text())
         if found.get("format") == CACHE_FORMAT and found.get("fingerprint") == fingerprint:
             lines = found.get("current_lines")
-            return Heads(tuple(found["heads"]), dict(lines) if lines is not None else None)
+            return Heads(
+                tuple(found["heads"]),
+                dict(lines) if lines is not None else None,
+                frozenset(found["revisions"]),
+            )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     heads = _from_headers(files)
@@ -172,7 +178,7 @@ def remember_heads(script: ScriptDirectory, heads: Iterable[str]) -> None:
     _write(
         Path(script.dir) / CACHE_FILE,
         _fingerprint(_version_files(locations)),
-        Heads(ordered, lines),
+        Heads(ordered, lines, frozenset(s.revision for s in script.walk_revisions())),
     )
 
 
@@ -183,6 +189,7 @@ def _write(path: Path, fingerprint: str, heads: Heads) -> None:
             "fingerprint": fingerprint,
             "heads": list(heads.heads),
             "current_lines": heads.current_lines,
+            "revisions": sorted(heads.revisions),
         }
     )
     # A read-only deploy simply goes without the cache; a temp file + rename never leaves half a file.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import io
 import json
@@ -320,3 +321,21 @@ def test_plain_sqlite_version_read_never_guesses(tmp_path: Path) -> None:
         setup.rollback()
         setup.close()
     assert read_version_table(make_url(f"sqlite:///{database}?timeout=5"), "alembic_version") is None
+
+
+def test_unknown_revision_is_refused_at_once_while_another_holds_the_lock(tmp_path: Path) -> None:
+    """A database at a revision no script has (a newer release migrated it) is refused by every replica
+    at its first look, from the known revision ids, not one replica at a time after a turn at the lock."""
+    directory, database, url = sqlite_project(tmp_path, upgraded=True)
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = 'zzz'")
+        connection.commit()
+
+    async def start() -> None:
+        async with Migrator(url, None, directory, stdout=None, lock_timeout=5) as migrator:
+            await migrator.upgrade()
+
+    with open(f"{database}.migrate-lock", "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # another replica holds the lock meanwhile
+        with pytest.raises(UnknownRevisionError, match="zzz, which the migration scripts don't know"):
+            asyncio.run(start())
