@@ -248,8 +248,9 @@ class Migrator:
     """Alembic migrations for one async engine and one migrations directory.
 
     :param engine_or_url: an :class:`~sqlalchemy.ext.asyncio.AsyncEngine`, or a URL with an asyncio driver
-        (``postgresql+asyncpg://...``, ``sqlite+aiosqlite:///...``). An engine made from a URL belongs to the
-        Migrator: close it with :meth:`aclose` (or use ``async with``). An engine handed in is left open.
+        (``postgresql+asyncpg://...``, ``sqlite+aiosqlite:///...``). An engine made from a URL (on first use)
+        belongs to the Migrator: close it with :meth:`aclose` (or use ``async with``). An engine handed in is
+        left open.
     :param metadata: the models' :class:`~sqlalchemy.MetaData`; needed by ``migrate`` and ``check``.
     :param directory: the migrations directory (``alembic.ini``, ``env.py``, ``versions/``).
     :param lock: take the migration lock around upgrade, downgrade and stamp. Turn it off only for databases
