@@ -154,14 +154,6 @@ def cached(locations: Sequence[str], directory: str | Path) -> Heads | None:
     return heads
 
 
-def cached_heads(script: ScriptDirectory) -> tuple[str, ...] | None:
-    """The heads of a ScriptDirectory's scripts without importing them; None when only a full load can
-    tell."""
-    locations = locations_of(script)
-    found = cached(locations, script.dir) if locations is not None else None
-    return found.heads if found is not None else None
-
-
 def remember_heads(script: ScriptDirectory, heads: Iterable[str]) -> None:
     """Record the heads Alembic found by a full load (and how ``current`` shows each), for the next
     process."""

@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
 from async_migrate import Migrator, MultipleHeadsError, UnknownRevisionError
-from async_migrate.script_heads import CACHE_FILE, cached_heads
+from async_migrate.script_heads import CACHE_FILE, cached, locations_of
 from async_migrate.sqlite_runner import read_version_table
 
 pytestmark = pytest.mark.anyio
@@ -47,6 +47,13 @@ def script(directory: Path) -> ScriptDirectory:
     config = Config()
     config.set_main_option("script_location", str(directory))
     return ScriptDirectory.from_config(config)
+
+
+def cached_heads(script: ScriptDirectory) -> tuple[str, ...] | None:
+    """The heads the fast path knows for ``script``'s folders (None: only Alembic's full load can tell)."""
+    locations = locations_of(script)
+    found = cached(locations, script.dir) if locations is not None else None
+    return found.heads if found is not None else None
 
 
 @pytest.fixture
