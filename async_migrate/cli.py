@@ -1,96 +1,28 @@
 """``quart db ...``: Flask-Migrate's ``flask db`` commands and options, for Quart apps.
 
-Each command loads the app, runs one coroutine in one event loop (``asyncio.run``) inside the app context,
-and prints; the work is done by :class:`~async_migrate.migrator.Migrator`. Errors print one line and exit 1.
+The commands parse their options and print; the work is done by a
+:class:`~async_migrate.migrator.Migrator`, which :func:`~async_migrate.cli_runner.run_command` gets from
+the app and runs one coroutine on. Options that change a setting (``--lock-timeout``, ...) reach the
+Migrator through its constructor.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import sys
-import traceback
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
-from quart import Quart
-from quart.cli import ScriptInfo
 
-from .errors import AsyncMigrateError
-from .extension import MigrateState, _state, engine_of
+from .cli_runner import DIRECTORY_KEY, TRACEBACK_KEY, X_ARG_KEY, run_command
 from .graph import FORMATS
 from .migrator import Migrator
 
 if TYPE_CHECKING:
-    from .review import RenamePolicy
-
-T = TypeVar("T")
-
-_DIRECTORY = "async_migrate.directory"
-_X_ARG = "async_migrate.x_arg"
-_TRACEBACK = "async_migrate.traceback"
+    from .review import RenamePolicy, Review
 
 DIRECTORY_HELP = 'Migration script directory (default is "migrations")'
 X_ARG_HELP = "Additional arguments consumed by custom env.py scripts"
-
-
-def _run(
-    ctx: click.Context,
-    action: Callable[[Migrator], Awaitable[T]],
-    directory: str | None = None,
-    x_arg: Sequence[str] | None = None,
-) -> T:
-    """Load the app and run ``action`` on its Migrator in one event loop, inside the app context."""
-    script_info = ctx.find_object(ScriptInfo) or ScriptInfo()
-    app: Quart = script_info.load_app()
-    state = _state(app)
-    directory = directory or ctx.meta.get(_DIRECTORY)
-    x_args = [*ctx.meta.get(_X_ARG, ()), *(x_arg or ())]
-    _show_progress()
-
-    async def main() -> T:
-        async with app.app_context():
-            migrator = state.migrator(app, directory, x_args)
-            try:
-                return await action(migrator)
-            finally:
-                await migrator.aclose()
-                await _dispose_app_engine(state)
-
-    try:
-        return asyncio.run(main())
-    except AsyncMigrateError as exc:
-        if ctx.meta.get(_TRACEBACK):
-            traceback.print_exc()
-        click.echo(f"Error: {exc}", err=True)
-        ctx.exit(1)
-
-
-async def _dispose_app_engine(state: MigrateState) -> None:
-    # The pool's connections belong to this command's event loop, which ends with the command.
-    for source in state.engine_sources():
-        try:
-            engine = engine_of(source)
-        except AsyncMigrateError:
-            engine = None
-        if engine is not None:
-            await engine.dispose()
-
-
-def _show_progress() -> None:
-    """Show Alembic's and our INFO lines on stderr, as ``alembic`` does, unless the app set up logging."""
-    for name in ("alembic", "async_migrate"):
-        logger = logging.getLogger(name)
-        if logger.level == logging.NOTSET:
-            logger.setLevel(logging.INFO)
-    if not logging.getLogger().handlers and not any(
-        logging.getLogger(n).handlers for n in ("alembic", "async_migrate")
-    ):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)-5.5s [%(name)s] %(message)s"))
-        for name in ("alembic", "async_migrate"):
-            logging.getLogger(name).addHandler(handler)
 
 
 @click.group()
@@ -105,16 +37,16 @@ def db(
 ) -> None:
     """Perform database migrations."""
     # No app context exists in a group callback: the options travel on the click context.
-    ctx.meta[_DIRECTORY] = directory
-    ctx.meta[_X_ARG] = x_arg
-    ctx.meta[_TRACEBACK] = show_traceback
+    ctx.meta[DIRECTORY_KEY] = directory
+    ctx.meta[X_ARG_KEY] = x_arg
+    ctx.meta[TRACEBACK_KEY] = show_traceback
 
 
 @db.command("list-templates")
 @click.pass_context
 def list_templates(ctx: click.Context) -> None:
     """List available templates."""
-    _run(ctx, lambda m: m.list_templates())
+    run_command(ctx, lambda m: m.list_templates())
 
 
 @db.command()
@@ -134,7 +66,7 @@ def init(
 ) -> None:
     """Creates a new migration repository."""
     chosen = template or ("async-multidb" if multidb else None)
-    _run(ctx, lambda m: m.init(chosen, package), directory)
+    run_command(ctx, lambda m: m.init(chosen, package), directory)
 
 
 RENAMES_HELP = (
@@ -155,10 +87,10 @@ def _rename_policy(renames: str | None) -> RenamePolicy:
     return "yes" if renames == "yes" else "no"
 
 
-def _report_review(migrator: Migrator) -> None:
-    if migrator.last_review is not None:
-        for message in migrator.last_review.messages():
-            click.echo(f"WARNING: {message}", err=True)
+def _print_review(review: Review) -> None:
+    """The review's findings, each once, on stderr (instead of the log lines of the API)."""
+    for message in review.messages():
+        click.echo(f"WARNING: {message}", err=True)
 
 
 def _revision_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -230,13 +162,13 @@ def revision(
     policy: RenamePolicy = _rename_policy(renames) if autogenerate else "no"
 
     async def action(m: Migrator) -> None:
+        m.on_review = _print_review
         await m.revision(
             message, autogenerate, sql, head, splice, branch_label, version_path, rev_id,
             renames=policy,
         )  # fmt: skip
-        _report_review(m)
 
-    _run(ctx, action, directory, x_arg)
+    run_command(ctx, action, directory, x_arg)
 
 
 @db.command()
@@ -262,13 +194,12 @@ def migrate(
     policy = _rename_policy(renames)
 
     async def action(m: Migrator) -> Any:
-        script = await m.migrate(
+        m.on_review = _print_review
+        return await m.migrate(
             message, sql, head, splice, branch_label, version_path, rev_id, renames=policy
         )
-        _report_review(m)
-        return script
 
-    script = _run(ctx, action, directory, x_arg)
+    script = run_command(ctx, action, directory, x_arg)
     if script is None and not sql:
         click.echo("No changes in schema detected; no revision file written.")
 
@@ -279,7 +210,7 @@ def migrate(
 @click.pass_context
 def edit(ctx: click.Context, directory: str | None, revision: str) -> None:
     """Edit a revision file"""
-    _run(ctx, lambda m: m.edit(revision), directory)
+    run_command(ctx, lambda m: m.edit(revision), directory)
 
 
 @db.command()
@@ -302,7 +233,7 @@ def merge(
     revisions: tuple[str, ...],
 ) -> None:
     """Merge two revisions together, creating a new revision file"""
-    _run(
+    run_command(
         ctx, lambda m: m.merge(list(revisions) or "heads", message, branch_label, rev_id), directory
     )
 
@@ -365,46 +296,6 @@ def _lock_overrides(no_lock: bool, lock_timeout: float | None) -> dict[str, Any]
     return overrides
 
 
-class TerminalProgress:
-    """One line on a terminal, rewritten for each revision applied, then a summary line."""
-
-    def __init__(self, stream: Any = None) -> None:
-        self.stream = stream or sys.stderr
-
-    def applied(
-        self, index: int, total: int | None, revision: str, doc: str, seconds: float
-    ) -> None:
-        width = len(str(total)) if total else 1
-        count = f"{index:>{width}}/{total}" if total else f"{index}"
-        line = f"[{count}] {revision} {doc}"[:100]
-        self.stream.write(f"\r\x1b[K{line} ({seconds:.3f}s)")
-        self.stream.flush()
-
-    def finished(self, count: int, seconds: float, slowest: Sequence[tuple[float, str]]) -> None:
-        listed = ", ".join(f"{rev} {secs:.3f}s" for secs, rev in slowest)
-        self.stream.write(
-            f"\r\x1b[KApplied {count} revision(s) in {seconds:.3f}s (slowest: {listed})\n"
-        )
-        self.stream.flush()
-
-
-def _locked_run(
-    ctx: click.Context,
-    action: Callable[[Migrator], Awaitable[T]],
-    directory: str | None,
-    x_arg: Sequence[str] | None,
-    overrides: dict[str, Any],
-) -> T:
-    def apply(migrator: Migrator) -> Awaitable[T]:
-        for name, value in overrides.items():
-            setattr(migrator, name, value)
-        if sys.stderr.isatty():
-            migrator.progress = TerminalProgress()
-        return action(migrator)
-
-    return _run(ctx, apply, directory, x_arg)
-
-
 @db.command()
 @click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
 @click.option(
@@ -432,15 +323,14 @@ def upgrade(
     revision: str,
 ) -> None:
     """Upgrade to a later version"""
-    _locked_run(
+    run_command(
         ctx,
         lambda m: m.upgrade(revision, sql, tag),
         directory,
         x_arg,
-        {
-            **_lock_overrides(no_lock, lock_timeout),
-            **_ddl_overrides(ddl_lock_timeout, ddl_retries, statement_timeout),
-        },
+        progress=True,
+        **_lock_overrides(no_lock, lock_timeout),
+        **_ddl_overrides(ddl_lock_timeout, ddl_retries, statement_timeout),
     )
 
 
@@ -471,15 +361,14 @@ def downgrade(
     revision: str,
 ) -> None:
     """Revert to a previous version"""
-    _locked_run(
+    run_command(
         ctx,
         lambda m: m.downgrade(revision, sql, tag),
         directory,
         x_arg,
-        {
-            **_lock_overrides(no_lock, lock_timeout),
-            **_ddl_overrides(ddl_lock_timeout, ddl_retries, statement_timeout),
-        },
+        progress=True,
+        **_lock_overrides(no_lock, lock_timeout),
+        **_ddl_overrides(ddl_lock_timeout, ddl_retries, statement_timeout),
     )
 
 
@@ -489,7 +378,7 @@ def downgrade(
 @click.pass_context
 def show(ctx: click.Context, directory: str | None, revision: str) -> None:
     """Show the revision denoted by the given symbol."""
-    _run(ctx, lambda m: m.show(revision), directory)
+    run_command(ctx, lambda m: m.show(revision), directory)
 
 
 @db.command()
@@ -528,9 +417,9 @@ def history(
     if graph:
         if rev_range:
             raise click.UsageError("--graph draws the whole history: leave out --rev-range.")
-        click.echo(_run(ctx, lambda m: m.history_graph(graph_format), directory))
+        click.echo(run_command(ctx, lambda m: m.history_graph(graph_format), directory))
         return
-    _run(ctx, lambda m: m.history(rev_range, verbose, indicate_current), directory)
+    run_command(ctx, lambda m: m.history(rev_range, verbose, indicate_current), directory)
 
 
 @db.command()
@@ -544,7 +433,7 @@ def heads(
     ctx: click.Context, directory: str | None, verbose: bool, resolve_dependencies: bool
 ) -> None:
     """Show current available heads in the script directory"""
-    _run(ctx, lambda m: m.heads(verbose, resolve_dependencies), directory)
+    run_command(ctx, lambda m: m.heads(verbose, resolve_dependencies), directory)
 
 
 @db.command()
@@ -553,7 +442,7 @@ def heads(
 @click.pass_context
 def branches(ctx: click.Context, directory: str | None, verbose: bool) -> None:
     """Show current branch points"""
-    _run(ctx, lambda m: m.branches(verbose), directory)
+    run_command(ctx, lambda m: m.branches(verbose), directory)
 
 
 @db.command()
@@ -562,7 +451,7 @@ def branches(ctx: click.Context, directory: str | None, verbose: bool) -> None:
 @click.pass_context
 def current(ctx: click.Context, directory: str | None, verbose: bool) -> None:
     """Display the current revision for each database."""
-    _run(ctx, lambda m: m.current(verbose), directory)
+    run_command(ctx, lambda m: m.current(verbose), directory)
 
 
 @db.command()
@@ -593,12 +482,11 @@ def stamp(
     target: str | list[str] = (
         list(revision) if len(revision) > 1 else (revision[0] if revision else "head")
     )
-    _locked_run(
+    run_command(
         ctx,
         lambda m: m.stamp(target, sql, tag, purge),
         directory,
-        None,
-        _lock_overrides(no_lock, lock_timeout),
+        **_lock_overrides(no_lock, lock_timeout),
     )
 
 
@@ -613,7 +501,7 @@ def stamp(
 @click.pass_context
 def check(ctx: click.Context, directory: str | None, strict: bool) -> None:
     """Check if there are any new operations to migrate"""
-    _run(ctx, lambda m: m.check(strict), directory)
+    run_command(ctx, lambda m: m.check(strict), directory)
 
 
 @db.command()
@@ -621,7 +509,7 @@ def check(ctx: click.Context, directory: str | None, strict: bool) -> None:
 @click.pass_context
 def doctor(ctx: click.Context, directory: str | None) -> None:
     """Report the state of the database and the scripts, read-only (exit 0 only when healthy)"""
-    diagnosis = _run(ctx, lambda m: m.doctor(), directory)
+    diagnosis = run_command(ctx, lambda m: m.doctor(), directory)
     for line in diagnosis.lines():
         click.echo(line)
     if not diagnosis.healthy:

@@ -22,6 +22,8 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .errors import exception_chain
+
 log = logging.getLogger("async_migrate")
 
 #: SQLSTATE ``lock_not_available``: what a ``lock_timeout`` raises.
@@ -102,18 +104,14 @@ async def reset_session_timeouts(connection: AsyncConnection) -> None:
 
 
 def is_lock_timeout(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        for candidate in (current, getattr(current, "orig", None)):
-            state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
-            if state == LOCK_NOT_AVAILABLE:
-                return True
-            args = getattr(candidate, "args", ())
-            if args and args[0] == MYSQL_LOCK_WAIT_TIMEOUT:
-                return True
-        current = current.__cause__ or current.__context__
+    """Whether ``exc`` is (or was caused by) a lock timeout of PostgreSQL or MySQL/MariaDB."""
+    for candidate in exception_chain(exc):
+        state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if state == LOCK_NOT_AVAILABLE:
+            return True
+        args = getattr(candidate, "args", ())
+        if args and args[0] == MYSQL_LOCK_WAIT_TIMEOUT:
+            return True
     return False
 
 

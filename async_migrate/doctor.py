@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from .alembic_bridge import describe_diff
+from .database import Database
 from .errors import AsyncMigrateError
 
 if TYPE_CHECKING:
-    from .migrator import Migrator
+    from alembic.script import ScriptDirectory
 
 
 @dataclass
@@ -54,17 +58,11 @@ class Diagnosis:
             out.extend(f"PROBLEM: {problem}" for problem in self.problems)
         return out
 
-
-async def diagnose(migrator: Migrator) -> Diagnosis:
-    """Read the database(s) and the scripts and report, changing nothing. In a multi-database setup each
-    database is examined on its own and the problems are named by database."""
-    if migrator.binds:
-        parts = [
-            (child.bind_name or "(main)", await diagnose(child))
-            for child in migrator.bind_migrators()
-        ]
+    @classmethod
+    def merged(cls, parts: Sequence[tuple[str, Diagnosis]]) -> Diagnosis:
+        """One report of several databases' ``(name, diagnosis)``, each problem named by its database."""
         first = parts[0][1]
-        merged = Diagnosis(
+        merged = cls(
             url=", ".join(part.url for _, part in parts),
             current_heads=first.current_heads,
             script_heads=first.script_heads,
@@ -77,59 +75,30 @@ async def diagnose(migrator: Migrator) -> Diagnosis:
             f"[{name}] {problem}" for name, part in parts for problem in part.problems
         ]
         return merged
-    from .migrator import describe_diff
 
-    found = Diagnosis(url=migrator.url)
-    script = migrator.script_directory()
+
+async def diagnose(
+    database: Database,
+    script: ScriptDirectory,
+    metadata: sa.MetaData | None,
+    context_kwargs: dict[str, Any],
+    deadline: float,
+) -> Diagnosis:
+    """Read one database and the scripts and report, changing nothing."""
+    found = Diagnosis(url=database.url)
     found.script_heads = tuple(script.get_heads())
     if len(found.script_heads) > 1:
         found.problems.append(
             f"The scripts have {len(found.script_heads)} heads ({', '.join(found.script_heads)}): "
             f"merge them with `quart db merge -m 'merge heads' {' '.join(found.script_heads)}`."
         )
-    async with migrator.connect() as connection:
-        found.current_heads = await migrator.read_current_heads(connection)
-        known = {rev.revision for rev in script.walk_revisions()}
-        found.unknown_revisions = tuple(r for r in found.current_heads if r not in known)
-        if found.unknown_revisions:
-            names = ", ".join(found.unknown_revisions)
-            found.problems.append(
-                f"The database is at {names}, which the scripts don't know: restore the missing script "
-                f"(or deploy the newer release that has it), or, after checking the schema, record a known "
-                f"revision with `quart db stamp --purge <revision>`."
-            )
-        else:
-            try:
-                pending = script.iterate_revisions(
-                    found.script_heads or "base", found.current_heads or "base"
-                )
-                found.pending_revisions = tuple(reversed([rev.revision for rev in pending]))
-            except Exception:
-                found.pending_revisions = ()
-            if found.pending_revisions:
-                found.problems.append(
-                    f"{len(found.pending_revisions)} revision(s) not applied yet: run `quart db upgrade`."
-                )
-
-        def other_tables(sync_connection: Connection) -> list[str]:
-            names = sa.inspect(sync_connection).get_table_names(
-                schema=migrator.version_table_schema
-            )
-            return sorted(name for name in names if name != migrator.version_table)
-
-        existing = await connection.run_sync(other_tables)
-        await connection.rollback()
-        if not found.current_heads and existing:
-            found.untracked_tables = tuple(existing)
-            found.problems.append(
-                f"The version table {migrator.version_table!r} is missing or empty but the database has "
-                f"tables ({', '.join(existing[:5])}{', ...' if len(existing) > 5 else ''}): if the schema "
-                "already matches a revision, record it with `quart db stamp <revision>` instead of "
-                "upgrading (which would try to create them again)."
-            )
+    async with database.connect(deadline) as connection:
+        found.current_heads = await database.read_current_heads(connection)
+        _revisions(found, script)
+        await _untracked_tables(found, database, connection)
         at_heads = set(found.current_heads) == set(found.script_heads)
-        if migrator.metadata is not None and at_heads and not found.unknown_revisions:
-            diffs = await connection.run_sync(_compare, migrator.metadata, migrator.context_kwargs)
+        if metadata is not None and at_heads and not found.unknown_revisions:
+            diffs = await connection.run_sync(_compare, metadata, context_kwargs)
             await connection.rollback()
             found.drift = tuple(describe_diff(diff) for diff in diffs)
             if found.drift:
@@ -137,6 +106,52 @@ async def diagnose(migrator: Migrator) -> Diagnosis:
                     "The models differ from the database: generate a revision with `quart db migrate`."
                 )
     return found
+
+
+def _revisions(found: Diagnosis, script: ScriptDirectory) -> None:
+    """Unknown and pending revisions."""
+    known = {rev.revision for rev in script.walk_revisions()}
+    found.unknown_revisions = tuple(r for r in found.current_heads if r not in known)
+    if found.unknown_revisions:
+        names = ", ".join(found.unknown_revisions)
+        found.problems.append(
+            f"The database is at {names}, which the scripts don't know: restore the missing script "
+            f"(or deploy the newer release that has it), or, after checking the schema, record a known "
+            f"revision with `quart db stamp --purge <revision>`."
+        )
+        return
+    try:
+        pending = script.iterate_revisions(
+            found.script_heads or "base", found.current_heads or "base"
+        )
+        found.pending_revisions = tuple(reversed([rev.revision for rev in pending]))
+    except Exception:
+        found.pending_revisions = ()
+    if found.pending_revisions:
+        found.problems.append(
+            f"{len(found.pending_revisions)} revision(s) not applied yet: run `quart db upgrade`."
+        )
+
+
+async def _untracked_tables(
+    found: Diagnosis, database: Database, connection: AsyncConnection
+) -> None:
+    """Tables in a database whose version table is missing or empty."""
+
+    def other_tables(sync_connection: Connection) -> list[str]:
+        names = sa.inspect(sync_connection).get_table_names(schema=database.version_table_schema)
+        return sorted(name for name in names if name != database.version_table)
+
+    existing = await connection.run_sync(other_tables)
+    await connection.rollback()
+    if not found.current_heads and existing:
+        found.untracked_tables = tuple(existing)
+        found.problems.append(
+            f"The version table {database.version_table!r} is missing or empty but the database has "
+            f"tables ({', '.join(existing[:5])}{', ...' if len(existing) > 5 else ''}): if the schema "
+            "already matches a revision, record it with `quart db stamp <revision>` instead of "
+            "upgrading (which would try to create them again)."
+        )
 
 
 def _compare(

@@ -1,12 +1,17 @@
-"""Exceptions raised by async_migrate.
+"""Exceptions raised by async_migrate, and how to read the drivers' exceptions behind a failure.
 
 Every error derives from :class:`AsyncMigrateError`; each message says what is wrong and what to do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+#: Said when a Quart app's command finds no :class:`~async_migrate.extension.Migrate` registered on it.
+NO_EXTENSION = (
+    "This app has no async_migrate extension: call Migrate(app, db) or migrate.init_app(app, db)."
+)
 
 
 class AsyncMigrateError(Exception):
@@ -98,3 +103,30 @@ class UnreviewedWarningsError(AsyncMigrateError):
     def __init__(self, message: str, warnings: Sequence[tuple[str, str]]) -> None:
         super().__init__(message)
         self.warnings = list(warnings)
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what stands behind it, each once: the driver's exception inside a SQLAlchemy one
+    (``.orig``), then each exception's cause (or context). Drivers wrap the error that tells what happened
+    (a refused socket, a lock timeout) a few levels deep."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        orig = getattr(current, "orig", None)
+        if isinstance(orig, BaseException):
+            pending.append(orig)
+        pending.append(current.__cause__ or current.__context__)
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE a database error carries (asyncpg's ``sqlstate``, psycopg's ``pgcode``), if any."""
+    for candidate in exception_chain(exc):
+        state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(state, str):
+            return state
+    return None

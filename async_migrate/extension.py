@@ -14,8 +14,12 @@ from quart import Blueprint, Quart, current_app
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from .errors import AsyncMigrateError, ConfigurationError, UnknownRevisionError
-from .migrator import SYS_STDOUT, ConfigureCallback, MigrationStatus, Migrator
+from . import cli
+from .alembic_bridge import SYS_STDOUT, ConfigureCallback
+from .errors import NO_EXTENSION, AsyncMigrateError, ConfigurationError
+from .migrator import MigrationStatus, Migrator
+from .settings import MigrationSettings, config_key
+from .startup import startup_upgrade
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -45,19 +49,16 @@ log = logging.getLogger("async_migrate")
 
 EngineSource = AsyncEngine | async_sessionmaker[Any] | Callable[[], Any]
 
-# Settings read from app.config when not given to Migrate()/init_app(), with their defaults.
+# Settings read from app.config when not given to Migrate()/init_app(), with their defaults: the
+# Migrator's (MIGRATE_LOCK, ...; a startup upgrade waits 30 s for a database still coming up) and the
+# extension's own.
 CONFIG_DEFAULTS: dict[str, Any] = {
     "MIGRATE_AUTO_UPGRADE": False,
     "MIGRATE_UPGRADE_TARGET": "head",
-    "MIGRATE_LOCK": True,
-    "MIGRATE_LOCK_TIMEOUT": 60.0,
+    **MigrationSettings.defaults(),
     "MIGRATE_CONNECT_TIMEOUT": 30.0,
     "MIGRATE_ALLOW_DB_AHEAD": False,
     "MIGRATE_HEALTHZ": False,
-    "MIGRATE_DDL_LOCK_TIMEOUT": "auto",
-    "MIGRATE_DDL_RETRY_ATTEMPTS": 5,
-    "MIGRATE_DDL_RETRY_BACKOFF": 2.0,
-    "MIGRATE_STATEMENT_TIMEOUT": None,
 }
 
 
@@ -176,16 +177,12 @@ class MigrateState:
         stdout: TextIO | None = SYS_STDOUT,
         **overrides: Any,
     ) -> Migrator:
-        options: dict[str, Any] = {
-            "lock": self.settings["MIGRATE_LOCK"],
-            "lock_timeout": self.settings["MIGRATE_LOCK_TIMEOUT"],
-            "connect_timeout": 0.0,
-            "ddl_lock_timeout": self.settings["MIGRATE_DDL_LOCK_TIMEOUT"],
-            "ddl_retry_attempts": self.settings["MIGRATE_DDL_RETRY_ATTEMPTS"],
-            "ddl_retry_backoff": self.settings["MIGRATE_DDL_RETRY_BACKOFF"],
-            "statement_timeout": self.settings["MIGRATE_STATEMENT_TIMEOUT"],
-            **overrides,
-        }
+        """A Migrator for ``app``'s database(s), with the app's settings; ``overrides`` are settings by
+        their Migrator keyword (``lock_timeout=5``). Commands connect once (``connect_timeout`` 0) unless
+        told otherwise."""
+        settings = MigrationSettings.from_config(
+            self.settings, **{"connect_timeout": 0.0, **overrides}
+        )
         return Migrator(
             self.engine(app),
             self.metadata,
@@ -194,9 +191,30 @@ class MigrateState:
             stdout=stdout,
             configure=self._configure_callbacks(),
             x_arg=list(x_arg or ()),
-            **options,
+            **settings.keywords(),
             **self.configure_args,
         )
+
+    async def status(self, app: Quart) -> MigrationStatus:
+        """Readiness of ``app``'s database: revision(s), heads, at head, migrating (here or elsewhere)."""
+        migrator = self.migrator(app, stdout=None)
+        try:
+            found = await migrator.status()
+        finally:
+            await migrator.aclose()
+        if self.migrating and not found.migrating:
+            return MigrationStatus(found.current_heads, found.script_heads, True)
+        return found
+
+    async def dispose_engines(self) -> None:
+        """Dispose of the app's engines: a command's pooled connections belong to its event loop."""
+        for source in self.engine_sources():
+            try:
+                engine = engine_of(source)
+            except AsyncMigrateError:
+                engine = None
+            if engine is not None:
+                await engine.dispose()
 
     def _configure_callbacks(self) -> list[ConfigureCallback]:
         # None registered: the Migrator then knows the Alembic Config is the plain one, which lets its
@@ -272,19 +290,21 @@ class Migrate:
         self.command = command
         self.directory = str(directory)
         self.engine = engine
-        self.settings: dict[str, Any] = {
-            "MIGRATE_AUTO_UPGRADE": auto_upgrade,
-            "MIGRATE_UPGRADE_TARGET": upgrade_target,
-            "MIGRATE_LOCK": lock,
-            "MIGRATE_LOCK_TIMEOUT": lock_timeout,
-            "MIGRATE_CONNECT_TIMEOUT": connect_timeout,
-            "MIGRATE_ALLOW_DB_AHEAD": allow_db_ahead,
-            "MIGRATE_HEALTHZ": healthz,
-            "MIGRATE_DDL_LOCK_TIMEOUT": ddl_lock_timeout,
-            "MIGRATE_DDL_RETRY_ATTEMPTS": ddl_retry_attempts,
-            "MIGRATE_DDL_RETRY_BACKOFF": ddl_retry_backoff,
-            "MIGRATE_STATEMENT_TIMEOUT": statement_timeout,
+        given = {
+            "auto_upgrade": auto_upgrade,
+            "upgrade_target": upgrade_target,
+            "lock": lock,
+            "lock_timeout": lock_timeout,
+            "connect_timeout": connect_timeout,
+            "allow_db_ahead": allow_db_ahead,
+            "healthz": healthz,
+            "ddl_lock_timeout": ddl_lock_timeout,
+            "ddl_retry_attempts": ddl_retry_attempts,
+            "ddl_retry_backoff": ddl_retry_backoff,
+            "statement_timeout": statement_timeout,
         }
+        #: The settings given here, by app config key; None: the app config's, else the default.
+        self.settings: dict[str, Any] = {config_key(name): value for name, value in given.items()}
         self.alembic_ctx_kwargs = dict(kwargs)
         self.alembic_ctx_kwargs["compare_type"] = compare_type
         self.alembic_ctx_kwargs["render_as_batch"] = render_as_batch
@@ -327,9 +347,7 @@ class Migrate:
         )
         app.extensions["migrate"] = state
 
-        from .cli import db as db_cli_group
-
-        app.cli.add_command(db_cli_group, name=self.command)
+        app.cli.add_command(cli.db, name=self.command)
         if settings["MIGRATE_AUTO_UPGRADE"]:
             app.before_serving(_auto_upgrade)
         if settings["MIGRATE_HEALTHZ"]:
@@ -354,62 +372,37 @@ class Migrate:
     ) -> Config:
         """The Alembic Config the current app's commands use (as Flask-Migrate's ``get_config``)."""
         app = current_app._get_current_object()  # type: ignore[attr-defined]
-        migrator = _state(app).migrator(app, directory, x_arg)
+        migrator = state_of(app).migrator(app, directory, x_arg)
         return migrator.get_config(opts=opts)
 
     async def status(self) -> MigrationStatus:
         """Readiness of the current app's database: revision(s), heads, at head, migrating."""
         app = current_app._get_current_object()  # type: ignore[attr-defined]
-        state = _state(app)
-        migrator = state.migrator(app, stdout=None)
-        try:
-            found = await migrator.status()
-        finally:
-            await migrator.aclose()
-        if state.migrating and not found.migrating:
-            return MigrationStatus(found.current_heads, found.script_heads, True)
-        return found
+        return await state_of(app).status(app)
 
 
-def _state(app: Quart) -> MigrateState:
+def state_of(app: Quart) -> MigrateState:
+    """What :meth:`Migrate.init_app` keeps for ``app``; a ConfigurationError when it was not called."""
     state = app.extensions.get("migrate")
     if not isinstance(state, MigrateState):
-        raise ConfigurationError(
-            "This app has no async_migrate extension: call Migrate(app, db) or migrate.init_app(app, db)."
-        )
+        raise ConfigurationError(NO_EXTENSION)
     return state
 
 
 async def _auto_upgrade() -> None:
     """``before_serving`` hook: bring the schema to the target before the app serves, or fail startup."""
     app: Quart = current_app._get_current_object()  # type: ignore[attr-defined]
-    state = _state(app)
-    target = state.settings["MIGRATE_UPGRADE_TARGET"]
+    state = state_of(app)
     migrator = state.migrator(
         app, stdout=None, connect_timeout=float(state.settings["MIGRATE_CONNECT_TIMEOUT"])
     )
     state.migrating = True
     try:
-        log.info("Startup upgrade of %s to %s", migrator.url, target)
-        applied = await migrator.upgrade(target)
-        log.info(
-            "Database %s ready at %s (%d revision(s) applied by this process)",
-            migrator.url,
-            target,
-            len(applied),
+        await startup_upgrade(
+            migrator,
+            state.settings["MIGRATE_UPGRADE_TARGET"],
+            allow_db_ahead=bool(state.settings["MIGRATE_ALLOW_DB_AHEAD"]),
         )
-    except UnknownRevisionError as exc:
-        if not state.settings["MIGRATE_ALLOW_DB_AHEAD"]:
-            log.error("Startup upgrade refused: %s", exc)
-            raise
-        log.warning(
-            "Serving although the database is at %s, unknown to these scripts (MIGRATE_ALLOW_DB_AHEAD): %s",
-            ", ".join(exc.revisions),
-            exc,
-        )
-    except AsyncMigrateError as exc:
-        log.error("Startup upgrade failed: %s", exc)
-        raise
     finally:
         state.migrating = False
         await migrator.aclose()
@@ -421,9 +414,9 @@ def healthz_blueprint(path: str = "/healthz") -> Blueprint:
 
     @blueprint.get(path)
     async def healthz() -> tuple[dict[str, Any], int]:
-        migrate: Migrate = _state(current_app._get_current_object()).migrate  # type: ignore[attr-defined]
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
         try:
-            status = await migrate.status()
+            status = await state_of(app).status(app)
         except AsyncMigrateError as exc:
             return {"status": "error", "error": str(exc)}, 503
         body = {
@@ -442,7 +435,7 @@ def healthz_blueprint(path: str = "/healthz") -> Blueprint:
 
 async def _run(directory: str | None, x_arg: Sequence[str] | None, action: Any) -> Any:
     app: Quart = current_app._get_current_object()  # type: ignore[attr-defined]
-    migrator = _state(app).migrator(app, directory, x_arg)
+    migrator = state_of(app).migrator(app, directory, x_arg)
     try:
         return await action(migrator)
     finally:
@@ -459,9 +452,8 @@ async def init(
     template: str | None = None,
     package: bool = False,
 ) -> None:
-    if multidb:
-        raise ConfigurationError("Multi-database environments (--multidb) are not supported yet.")
-    await _run(directory, None, lambda m: m.init(template, package))
+    chosen = template or ("async-multidb" if multidb else None)
+    await _run(directory, None, lambda m: m.init(chosen, package))
 
 
 async def revision(

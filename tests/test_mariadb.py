@@ -33,7 +33,7 @@ from async_migrate import (
     Migrator,
 )
 from async_migrate.errors import LockTimeoutError
-from async_migrate.locking import MySQLNamedLock, lock_for, mysql_lock_name
+from async_migrate.locking import MySQLNamedLock, lock_for, mysql_lock_name, try_lock
 
 MYSQL_SERVER = os.environ.get("ASYNC_MIGRATE_TEST_MYSQL", "mysql+asyncmy://root@127.0.0.1:3306")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -474,14 +474,14 @@ async def test_a_swallowed_cancellation_never_takes_the_lock(mysql_url: str) -> 
                     await asyncio.sleep(0)
                 except asyncio.CancelledError:
                     pass  # what wait_for does when the inner operation has just finished
-                return await Migrator._try_lock(lock, conn)
+                return await try_lock(lock, conn)
 
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.create_task(swallowed_then_lock())
             assert await lock_holder(mysql_url) is None
         async with engine.connect() as conn:  # an ordinary task still takes it
             lock = lock_for(conn, "alembic_version", None)
-            assert await Migrator._try_lock(lock, conn) is True
+            assert await try_lock(lock, conn) is True
             await lock.release(conn)
     finally:
         await engine.dispose()

@@ -1,0 +1,272 @@
+"""One database as migrations see it: its engine, connections set up for migrating, the version table.
+
+:class:`Database` connects with bounded retries (a database still starting up, too many clients), turns a
+failure into a :class:`~async_migrate.errors.DatabaseUnreachableError` that names host, port and database
+but never the password, and reads the version table without loading Alembic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event, pool
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DBAPIError, InvalidRequestError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from . import asyncpg_simple_query
+from .errors import ConfigurationError, DatabaseUnreachableError, exception_chain, sqlstate
+from .sqlite_runner import read_version_table, sqlite_file_url
+from .urls import async_url, hide_password, render_url
+
+log = logging.getLogger("async_migrate")
+
+# SQLSTATEs worth retrying a connection for: too many clients, server starting up, connection failures.
+_TRANSIENT_SQLSTATES = {"53300", "57P03", "08000", "08001", "08003", "08004", "08006"}
+
+
+def engine_from(engine_or_url: Any) -> tuple[AsyncEngine, bool]:
+    """The engine to use, and whether it was made here (so its owner disposes of it)."""
+    if isinstance(engine_or_url, AsyncEngine):
+        async_url(engine_or_url.url)
+        return engine_or_url, False
+    if isinstance(engine_or_url, (str, URL)):
+        return engine_for(async_url(engine_or_url)), True
+    raise ConfigurationError(
+        f"Migrator needs an AsyncEngine or a database URL, not {type(engine_or_url).__name__}."
+    )
+
+
+def engine_for(url: URL) -> AsyncEngine:
+    """An engine for migrations on ``url``."""
+    # Migrations are rare and short: no pool to outlive the event loop. An in-memory SQLite database
+    # lives in its one connection, so that one is kept.
+    in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+    poolclass = pool.StaticPool if in_memory else pool.NullPool
+    return create_async_engine(url, poolclass=poolclass)
+
+
+def cancel_requested() -> bool:
+    """Whether someone asked to cancel the current task and nobody withdrew it (``Task.uncancel``).
+
+    On Python 3.11, ``asyncio.wait_for`` swallows a cancellation that arrives just as the awaited operation
+    completes (CPython gh-86296, fixed in 3.12). Drivers connect through it (asyncmy always, asyncpg with a
+    timeout), so a waiter cancelled while connecting could carry on and later take the lock; the request
+    stays visible in ``cancelling()``.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def backoff(attempt: int, base: float = 0.05, cap: float = 1.0) -> float:
+    """Exponential backoff with full jitter, so that many waiters don't poll in step."""
+    return float(random.uniform(0.5, 1.0) * min(cap, base * (2**attempt)))
+
+
+async def discard(connection: AsyncConnection) -> None:
+    """Close ``connection`` for good: a session in an unknown state never goes back to a pool."""
+    with contextlib.suppress(Exception):
+        await connection.invalidate()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed connection attempt may succeed if tried again shortly."""
+    if sqlstate(exc) in _TRANSIENT_SQLSTATES:
+        return True
+    return any(
+        isinstance(cause, (ConnectionError, TimeoutError))
+        or (isinstance(cause, OSError) and not isinstance(cause, PermissionError))
+        for cause in exception_chain(exc)
+    )
+
+
+def checked_metadata(metadata: object) -> sa.MetaData | None:
+    """``metadata`` if it is a MetaData (or None), else a ConfigurationError saying what to pass."""
+    if metadata is not None and not isinstance(metadata, sa.MetaData):
+        raise ConfigurationError(
+            f"metadata must be a sqlalchemy.MetaData (e.g. Base.metadata), not {type(metadata).__name__}."
+        )
+    return metadata
+
+
+def _check_identifier(what: str, name: str) -> None:
+    if not name or not name.replace("_", "").replace("$", "").isalnum() or name[0].isdigit():
+        raise ConfigurationError(
+            f"{what} {name!r} is not a usable name: use letters, digits and underscores, not starting "
+            "with a digit."
+        )
+
+
+def _emit_begin(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN")
+
+
+class Database:
+    """One database: its URL, its engine (made on first use when given a URL), and its version table.
+
+    :param engine_or_url: an :class:`~sqlalchemy.ext.asyncio.AsyncEngine` (left open by :meth:`aclose`),
+        or a URL with an asyncio driver (the engine made from it is disposed of by :meth:`aclose`).
+    :param version_table: Alembic's version table, and its schema (None: the connection's default).
+    """
+
+    def __init__(
+        self,
+        engine_or_url: AsyncEngine | URL | str,
+        version_table: str = "alembic_version",
+        version_table_schema: str | None = None,
+    ) -> None:
+        # Built from a URL, the engine is made on first use: the no-op fast path on a SQLite file never
+        # needs it, and making it imports the driver and its dialect.
+        self._engine: AsyncEngine | None = None
+        self.owns_engine = not isinstance(engine_or_url, AsyncEngine)
+        if isinstance(engine_or_url, (str, URL)):
+            self.sqlalchemy_url = async_url(engine_or_url)
+        else:
+            self._engine, _ = engine_from(engine_or_url)
+            self.sqlalchemy_url = self._engine.url
+        _check_identifier("version_table", version_table)
+        if version_table_schema is not None:
+            _check_identifier("version_table_schema", version_table_schema)
+        self.version_table = version_table
+        self.version_table_schema = version_table_schema
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The AsyncEngine (made from the URL on first use)."""
+        if self._engine is None:
+            try:
+                self._engine = engine_for(self.sqlalchemy_url)
+            except ModuleNotFoundError as exc:
+                raise ConfigurationError(
+                    f"The database driver for {self.url} is not installed ({exc}): install it, e.g. "
+                    f"`pip install {exc.name or self.sqlalchemy_url.get_driver_name()}`."
+                ) from None
+        return self._engine
+
+    @property
+    def url(self) -> str:
+        """The URL with the password hidden."""
+        return render_url(self.sqlalchemy_url)
+
+    async def aclose(self) -> None:
+        """Dispose of the engine, if it was made here."""
+        if self.owns_engine and self._engine is not None:
+            await self._engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def connect(self, deadline: float) -> AsyncIterator[AsyncConnection]:
+        """One connection set up for migrations, retrying transient failures until ``deadline``
+        (``time.monotonic()``).
+
+        On SQLite the connection runs in real transactions (the driver's own mode would not BEGIN before
+        DDL), so that a failed revision leaves nothing half-applied. On asyncpg it sends migration
+        statements in one round trip (:mod:`async_migrate.asyncpg_simple_query`).
+        """
+        connection = await self._connect_with_retries(deadline)
+        if cancel_requested():
+            await connection.close()
+            raise asyncio.CancelledError("cancelled while connecting")
+        try:
+            if connection.dialect.name == "sqlite":
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
+                event.listen(connection.sync_connection, "begin", _emit_begin)
+            elif connection.dialect.driver == "asyncpg":
+                asyncpg_simple_query.enable(self.engine.sync_engine)
+                await connection.execution_options(**{asyncpg_simple_query.OPTION: True})
+            yield connection
+        finally:
+            await connection.close()
+
+    async def _connect_with_retries(self, deadline: float) -> AsyncConnection:
+        attempt = 0
+        while True:
+            try:
+                return await self.engine.connect()
+            except InvalidRequestError as exc:
+                raise ConfigurationError(
+                    f"Cannot connect to {self.url}: {hide_password(str(exc), self.sqlalchemy_url)}"
+                ) from None
+            except (DBAPIError, OSError, TimeoutError) as exc:
+                remaining = deadline - time.monotonic()
+                if not is_transient(exc) or remaining <= 0:
+                    if self.engine.dialect.name == "sqlite":
+                        # aiosqlite stops its worker thread after a failed connect with a future on this
+                        # loop; a loop closed before that thread answers makes it print a traceback.
+                        await asyncio.sleep(0.1)
+                    raise self.unreachable(exc) from None
+                delay = min(remaining, backoff(attempt, base=0.2, cap=2.0))
+                if attempt % 5 == 0:
+                    log.info(
+                        "Database %s not reachable yet (%s); retrying for up to %.0fs",
+                        self.url,
+                        self.describe_cause(exc),
+                        remaining,
+                    )
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    def describe_cause(self, exc: BaseException) -> str:
+        """The first line of the driver's error inside ``exc``, with the password hidden."""
+        orig = getattr(exc, "orig", None) or exc
+        text = f"{type(orig).__name__}: {orig}".strip().rstrip(":")
+        return hide_password(
+            text.splitlines()[0] if text else type(orig).__name__, self.sqlalchemy_url
+        )
+
+    def unreachable(self, exc: BaseException) -> DatabaseUnreachableError:
+        """The error for a database that could not be reached: where it was looked for, and why not."""
+        url = self.sqlalchemy_url
+        where = (
+            f"file {url.database!r}"
+            if url.get_backend_name() == "sqlite"
+            else f"host {url.host or 'localhost'}, port {url.port or 'default'}, database {url.database!r}"
+        )
+        return DatabaseUnreachableError(
+            f"Could not connect to the database {self.url} ({where}): {self.describe_cause(exc)}. "
+            "Check that the server is running and that the URL (host, port, user, password, database name) "
+            "is right."
+        )
+
+    async def read_current_heads(self, connection: AsyncConnection) -> tuple[str, ...]:
+        """The revisions in the version table: one cheap read, no script loaded.
+
+        Read directly rather than through a MigrationContext, which would log two INFO lines on every
+        readiness probe.
+        """
+        name, schema = self.version_table, self.version_table_schema
+        table = sa.table(name, sa.column("version_num"), schema=schema)
+
+        def read(sync_connection: Connection) -> tuple[str, ...]:
+            try:
+                return tuple(sync_connection.execute(sa.select(table.c.version_num)).scalars())
+            except DBAPIError:
+                # Usually "no such table" (a new database): ask, rather than ask first on every start.
+                sync_connection.rollback()
+                if not sa.inspect(sync_connection).has_table(name, schema=schema):
+                    return ()
+                # Another migrator created it meanwhile (or the read failed for another reason: then
+                # this one fails again, and says why).
+                return tuple(sync_connection.execute(sa.select(table.c.version_num)).scalars())
+
+        heads = await connection.run_sync(read)
+        await connection.rollback()
+        return heads
+
+    async def read_version_table(self, deadline: float) -> tuple[str, ...]:
+        """The database's revisions: on a SQLite file by a plain sqlite3 read in this thread (the engine's
+        driver thread would cost more than the read), else on a connection of the engine."""
+        file_url = (
+            sqlite_file_url(self.sqlalchemy_url) if self.version_table_schema is None else None
+        )
+        current = read_version_table(file_url, self.version_table) if file_url else None
+        if current is None:
+            async with self.connect(deadline) as connection:
+                current = await self.read_current_heads(connection)
+        return current

@@ -1,0 +1,151 @@
+"""What an upgrade or downgrade reports while it runs: each revision applied, with its time, and a summary.
+
+:class:`AppliedRecorder` is Alembic's ``on_version_apply`` callback. It collects the revisions applied,
+reports each (INFO log lines, or a :class:`Progress` such as :class:`TerminalProgress`, the CLI's line on
+a terminal), and on databases whose DDL commits as it runs remembers the statements a failing revision
+already ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+
+if TYPE_CHECKING:
+    from alembic.runtime.migration import MigrationContext, MigrationInfo
+
+log = logging.getLogger("async_migrate")
+
+# Statements that change a database: what a failed revision may have left behind.
+_CHANGING_STATEMENTS = (
+    "CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE", "INSERT", "UPDATE", "DELETE", "REPLACE", "GRANT",
+    "REVOKE", "COMMENT",
+)  # fmt: skip
+
+
+class Progress(Protocol):
+    """Receives the progress of an upgrade or downgrade, instead of the INFO log lines (e.g. to draw a
+    progress line on a terminal, as ``quart db upgrade`` does)."""
+
+    def applied(
+        self, index: int, total: int | None, revision: str, doc: str, seconds: float
+    ) -> None:
+        """Revision number ``index`` (1-based) of ``total`` (None: unknown) took ``seconds``."""
+
+    def finished(self, count: int, seconds: float, slowest: Sequence[tuple[float, str]]) -> None:
+        """All done: how many revisions, how long in all, the slowest three ``(seconds, revision)``."""
+
+
+class AppliedRecorder:
+    """Alembic ``on_version_apply`` callback: collects the revisions applied and reports each with its time
+    (INFO log lines, or a :class:`Progress`)."""
+
+    def __init__(self, url: str, progress: Progress | None = None) -> None:
+        self.url = url
+        self.progress = progress
+        #: How many revisions the run will apply, when known.
+        self.total: int | None = None
+        self.applied: list[str] = []
+        self.durations: list[tuple[float, str]] = []
+        #: The statements that ran since the last revision was recorded: on a database whose DDL commits
+        #: as it goes, what a failed revision left behind.
+        self.statements: list[str] = []
+        self._on_revision: Callable[[], None] | None = None
+        self._watched: Connection | None = None
+        self._started = self._mark = time.monotonic()
+
+    @contextlib.contextmanager
+    def revision_boundary(self, on_revision: Callable[[], None]) -> Iterator[None]:
+        """Call ``on_revision`` as each revision is recorded, while in this block: whatever keeps the
+        revisions apart (a savepoint per revision, the autocommit tracker) learns where one ends."""
+        self._on_revision = on_revision
+        try:
+            yield
+        finally:
+            self._on_revision = None
+
+    @contextlib.contextmanager
+    def watching_statements(self, connection: Connection) -> Iterator[None]:
+        """Remember the changing statements run on ``connection`` while in this block. (A listener costs
+        every statement some CPU: only where DDL commits as it runs.)"""
+        event.listen(connection, "after_cursor_execute", self._statement_ran)
+        try:
+            yield
+        finally:
+            event.remove(connection, "after_cursor_execute", self._statement_ran)
+
+    def _statement_ran(self, conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
+        words = " ".join(statement.split())
+        if words.upper().startswith(_CHANGING_STATEMENTS):  # not the reads (SELECT, DESCRIBE, SHOW)
+            self.statements.append(words[:120] + ("..." if len(words) > 120 else ""))
+
+    def start(self) -> None:
+        self._started = self._mark = time.monotonic()
+
+    def __call__(
+        self, *, ctx: MigrationContext, step: MigrationInfo, heads: set[str], run_args: Any
+    ) -> None:
+        now = time.monotonic()
+        elapsed, self._mark = now - self._mark, now
+        self.statements.clear()
+        if self._on_revision is not None:
+            self._on_revision()
+        if step.is_stamp:
+            return
+        revision = step.up_revision_id or ""
+        self.applied.append(revision)
+        self.durations.append((elapsed, revision))
+        direction = "upgrade" if step.is_upgrade else "downgrade"
+        doc = getattr(step.up_revision, "doc", "") or ""
+        if self.progress is not None:
+            self.progress.applied(len(self.applied), self.total, revision, doc, elapsed)
+        else:
+            log.info("Applied %s %s (%s) in %.3fs", direction, revision, doc, elapsed)
+
+    def summarise(self) -> None:
+        if not self.applied:
+            return
+        slowest_three = sorted(self.durations, reverse=True)[:3]
+        if self.progress is not None:
+            self.progress.finished(
+                len(self.applied), time.monotonic() - self._started, slowest_three
+            )
+            return
+        slowest = ", ".join(f"{rev} {secs:.3f}s" for secs, rev in slowest_three)
+        log.info(
+            "Applied %d revision(s) to %s in %.3fs (slowest: %s)",
+            len(self.applied),
+            self.url,
+            time.monotonic() - self._started,
+            slowest,
+        )
+
+
+class TerminalProgress:
+    """One line on a terminal, rewritten for each revision applied, then a summary line."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+
+    def applied(
+        self, index: int, total: int | None, revision: str, doc: str, seconds: float
+    ) -> None:
+        width = len(str(total)) if total else 1
+        count = f"{index:>{width}}/{total}" if total else f"{index}"
+        line = f"[{count}] {revision} {doc}"[:100]
+        self.stream.write(f"\r\x1b[K{line} ({seconds:.3f}s)")
+        self.stream.flush()
+
+    def finished(self, count: int, seconds: float, slowest: Sequence[tuple[float, str]]) -> None:
+        listed = ", ".join(f"{rev} {secs:.3f}s" for secs, rev in slowest)
+        self.stream.write(
+            f"\r\x1b[KApplied {count} revision(s) in {seconds:.3f}s (slowest: {listed})\n"
+        )
+        self.stream.flush()

@@ -1,0 +1,440 @@
+"""Applying revisions: one upgrade or downgrade of one database, on a connection that holds the lock.
+
+An :class:`UpgradeRun` or :class:`DowngradeRun` is what :func:`async_migrate.locking.run_locked` runs: it
+says which database states it refuses and when there is nothing to do, and its ``work`` applies the
+revisions. On PostgreSQL and MySQL/MariaDB that happens behind the DDL guard (session lock timeout, a
+revision blocked by a table lock rolled back and retried, the blockers named); on a SQLite file in a worker
+thread (:mod:`async_migrate.sqlite_runner`). A revision that fails becomes a
+:class:`~async_migrate.errors.MigrationFailedError` saying which one, what was rolled back, and where the
+database is now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from . import alembic_bridge
+from .database import Database, discard
+from .ddl_guard import (
+    MYSQL_DIALECTS,
+    AutocommitTracker,
+    BlockerWatcher,
+    DDLGuard,
+    is_lock_timeout,
+    reset_session_timeouts,
+    session_id,
+    set_session_timeouts,
+)
+from .errors import AsyncMigrateError, CommandError, DDLLockTimeoutError, MigrationFailedError
+from .progress import AppliedRecorder, Progress
+from .settings import MigrationSettings
+from .sqlite_runner import sqlite_file_url
+from .urls import hide_password
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from .script_heads import Heads
+
+log = logging.getLogger("async_migrate")
+
+
+class MigrationRun:
+    """The state of one upgrade or downgrade: Alembic's Config and the loaded scripts (each made once, when
+    first needed), and the revisions applied so far (:attr:`recorder`).
+
+    :param database: the database to migrate.
+    :param settings: the lock and DDL guard settings.
+    :param make_config: makes Alembic's Config for this run.
+    :param revision: the target revision (relative ones such as ``-1`` too).
+    :param tag: Alembic's ``--tag``, for env.py.
+    :param progress: where each revision applied is reported; None: INFO log lines.
+    :param bind_name: in a multi-database setup, the name of this database ("" the main one).
+    """
+
+    direction = "upgrade"
+
+    def __init__(
+        self,
+        database: Database,
+        settings: MigrationSettings,
+        make_config: Callable[[], Config],
+        revision: str,
+        tag: str | None = None,
+        progress: Progress | None = None,
+        bind_name: str | None = None,
+    ) -> None:
+        self.database = database
+        self.settings = settings
+        self.revision = revision
+        self.tag = tag
+        self.bind_name = bind_name
+        self.recorder = AppliedRecorder(database.url, progress)
+        self._make_config = make_config
+
+    @functools.cached_property
+    def config(self) -> Config:
+        return self._make_config()
+
+    @functools.cached_property
+    def scripts(self) -> ScriptDirectory:
+        return alembic_bridge.load_scripts(self.config, self.database.sqlalchemy_url)
+
+    @property
+    def target(self) -> str | None:
+        """The revision the run goes to, when it names one; None for a downgrade."""
+        return self.revision
+
+    # -- what run_locked asks (see locking.LockedWork) ---------------------------------------------------
+
+    def precheck(self, current: tuple[str, ...]) -> None:
+        self.check_scripts(current)
+
+    def check(self, current: tuple[str, ...]) -> None:
+        """Nothing beyond :meth:`precheck`, unless that was a cheaper one."""
+
+    def is_done(self, current: tuple[str, ...]) -> bool:
+        return False
+
+    def check_scripts(self, current: tuple[str, ...]) -> None:
+        """Refuse a database at a revision the scripts don't know."""
+        alembic_bridge.check_known(self.scripts, current)
+
+    async def work(self, connection: AsyncConnection, current: tuple[str, ...]) -> None:
+        """Apply the revisions, recording and reporting each."""
+        env_settings = self.config.attributes[alembic_bridge.SETTINGS_KEY]
+        user_callbacks = env_settings["configure_kwargs"].get("on_version_apply") or ()
+        if callable(user_callbacks):
+            user_callbacks = (user_callbacks,)
+        env_settings["configure_kwargs"]["on_version_apply"] = (self.recorder, *user_callbacks)
+        self.recorder.start()
+        if self.target is not None:
+            try:
+                pending = self.scripts.iterate_revisions(self.target, current or "base")
+                self.recorder.total = len(list(pending))
+            except Exception:
+                self.recorder.total = None  # Alembic will say what is wrong with the target
+        sync_connection = connection.sync_connection
+        # Where DDL commits as it runs, remember what a failing revision already did.
+        watch = sync_connection is not None and connection.dialect.name not in (
+            "postgresql",
+            "sqlite",
+        )
+        with (
+            self.recorder.watching_statements(sync_connection)  # type: ignore[arg-type]
+            if watch
+            else contextlib.nullcontext()
+        ):
+            await self._migrate(connection)
+        self.recorder.summarise()
+
+    # -- running Alembic -------------------------------------------------------------------------------
+
+    def _call(self, config: Config) -> None:
+        alembic_bridge.migrate_online(config, self.scripts, self.direction, self.revision, self.tag)
+
+    async def _run_alembic(self, connection: AsyncConnection) -> None:
+        await alembic_bridge.run(
+            self._call,
+            self.config,
+            {self.bind_name or "": connection},
+            url=self.database.sqlalchemy_url,
+            multidb=self.bind_name is not None,
+        )
+
+    async def _migrate(self, connection: AsyncConnection) -> None:
+        guard = self.settings.ddl_guard(connection.dialect.name)
+        sqlite_file = (
+            sqlite_file_url(connection.engine.url)
+            if connection.dialect.name == "sqlite" and self.bind_name is None
+            else None
+        )
+        if sqlite_file is None and guard is not None and guard.active:
+            await self._guarded(connection, guard)
+            return
+        try:
+            if sqlite_file is not None:
+                await alembic_bridge.run(
+                    self._call,
+                    self.config,
+                    url=self.database.sqlalchemy_url,
+                    sqlite_file=sqlite_file,
+                    revision_boundary=self.recorder.revision_boundary,
+                )
+            else:
+                await self._run_alembic(connection)
+        except AsyncMigrateError:
+            raise
+        except Exception as exc:
+            raise await self._failed(exc, connection) from exc
+
+    async def _guarded(self, connection: AsyncConnection, guard: DDLGuard) -> None:
+        """Run the migration with the session's lock_timeout set, retrying a revision that timed out waiting
+        for a table lock when its transaction was rolled back entirely."""
+        backend_pid = await session_id(connection)
+        await set_session_timeouts(connection, guard)
+        sync_connection = connection.sync_connection
+        if sync_connection is None:  # the connection was closed under us
+            raise CommandError("The migration connection closed before the migration could start.")
+        tracker = AutocommitTracker(sync_connection)
+        try:
+            with self.recorder.revision_boundary(tracker.revision_done):
+                attempt = 1
+                while True:
+                    # Look often enough to see a blocker several times within the lock timeout, and no
+                    # more: each look is a query on a second connection while the migration runs.
+                    interval = min(1.0, max(0.05, (guard.lock_timeout or 5.0) / 5))
+                    watcher = BlockerWatcher(self.database.engine, backend_pid, interval=interval)
+                    try:
+                        async with watcher.running():
+                            await self._run_alembic(connection)
+                        return
+                    except AsyncMigrateError:
+                        raise
+                    except Exception as exc:
+                        pause = await self._retry_pause(
+                            exc, attempt, guard, watcher, tracker, connection
+                        )
+                    log.warning(
+                        "A revision waited more than %gs for a table lock (attempt %d of %d), blocked by "
+                        "%s; nothing of it stays applied; retrying in %.1fs",
+                        guard.lock_timeout,
+                        attempt,
+                        guard.attempts,
+                        watcher.describe(),
+                        pause,
+                    )
+                    await connection.rollback()
+                    await asyncio.sleep(pause)
+                    attempt += 1
+        finally:
+            tracker.close()
+            try:
+                await reset_session_timeouts(connection)
+            except Exception:
+                # Never let the pool lend out a session with our timeouts.
+                await discard(connection)
+
+    async def _retry_pause(
+        self,
+        exc: Exception,
+        attempt: int,
+        guard: DDLGuard,
+        watcher: BlockerWatcher,
+        tracker: AutocommitTracker,
+        connection: AsyncConnection,
+    ) -> float:
+        """The pause before trying the revision that raised ``exc`` again; raises when it may not be
+        tried again: another failure, a revision that did not roll back entirely, the last attempt."""
+        timed_out = is_lock_timeout(exc)
+        # Where DDL commits as it runs, a revision may be retried only if none of its statements had run.
+        commits_as_it_runs = connection.dialect.name in MYSQL_DIALECTS
+        rolled_back_entirely = (
+            not self.recorder.statements if commits_as_it_runs else not tracker.since_last_revision
+        )
+        # A relative target (-1, +2) would mean something else once some revisions are done.
+        target = self.target
+        relative = target is None or "+" in target or "-" in target
+        if (
+            timed_out
+            and rolled_back_entirely
+            and not (relative and self.recorder.applied)
+            and attempt < guard.attempts
+        ):
+            return guard.pause(attempt)
+        failure = await self._failed(exc, connection)
+        if not timed_out:
+            raise failure from exc
+        left = (
+            "Nothing of it was applied"
+            if rolled_back_entirely
+            else f"Of it, these statements ran and stay applied: {'; '.join(self.recorder.statements)}"
+        )
+        raise DDLLockTimeoutError(
+            f"Revision {failure.revision or '(unknown)'} could not get the table locks it "
+            f"needs within {guard.lock_timeout:g}s on {attempt} attempt(s), blocked by "
+            f"{watcher.describe()}. {left}; the database is at "
+            f"{', '.join(failure.current_heads) or 'base (no revision)'}. Retry later, "
+            "raise the DDL lock timeout (ddl_lock_timeout / MIGRATE_DDL_LOCK_TIMEOUT / "
+            f"--ddl-lock-timeout), or end the blocking session{watcher.terminate_hint()}.",
+            failure.revision,
+            failure.current_heads,
+            list(watcher.blockers.values()),
+        ) from exc
+
+    # -- a failed revision, described -----------------------------------------------------------------------
+
+    async def _failed(self, exc: Exception, connection: AsyncConnection) -> MigrationFailedError:
+        """Describe a revision that raised: which one, what was rolled back, where the database is now.
+
+        Reads the version table on the migration connection itself (after a rollback): a second connection
+        might not be had from a small pool.
+        """
+        transactional = connection.dialect.name in ("postgresql", "sqlite")
+        ran = list(self.recorder.statements)  # before the reads below add their own
+        now_at = await self._version_after_failure(connection)
+        failed = self._failed_revision(now_at)
+        cause = hide_password(self.database.describe_cause(exc), self.database.sqlalchemy_url)
+        applied = self.recorder.applied
+        done = (
+            f" {len(applied)} revision(s) before it were applied and committed: {', '.join(applied)}."
+            if applied
+            else ""
+        )
+        if transactional:
+            rolled_back = "Its transaction was rolled back, so none of its changes were applied."
+        elif ran:
+            rolled_back = (
+                "This database cannot roll back DDL, and these statements of the revision ran and stay "
+                f"applied: {'; '.join(ran[-10:])}. Undo them (or finish the revision by hand and `stamp` it) before "
+                "running upgrade again."
+            )
+        else:
+            rolled_back = (
+                "This database cannot roll back DDL: no statement of the revision had run."
+            )
+        return MigrationFailedError(
+            f"Revision {failed or '(unknown)'} failed: {cause}. {rolled_back}{done} The database is now at "
+            f"{', '.join(now_at) or 'base (no revision)'}. Fix the revision script, then run upgrade again.",
+            failed,
+            now_at,
+        )
+
+    async def _version_after_failure(self, connection: AsyncConnection) -> tuple[str, ...]:
+        try:
+            await connection.rollback()
+            return await self.database.read_current_heads(connection)
+        except Exception:
+            try:
+                deadline = time.monotonic() + self.settings.connect_timeout
+                async with self.database.connect(deadline) as fresh:
+                    return await self.database.read_current_heads(fresh)
+            except AsyncMigrateError:
+                return ()
+
+    def _failed_revision(self, now_at: tuple[str, ...]) -> str | None:
+        """The revision that was being applied, told from where the database stopped."""
+        try:
+            start = now_at[0] if len(now_at) == 1 else "base"
+            pending = list(self.scripts.iterate_revisions(self.revision, start))
+            return pending[-1].revision if pending else None
+        except Exception:
+            return None
+
+
+class UpgradeRun(MigrationRun):
+    """An upgrade. With ``known`` heads (from the heads cache), "nothing to do" is told and waiters are
+    refused a database at an unknown revision without loading Alembic or any script; the full checks run
+    once there is work."""
+
+    def __init__(
+        self,
+        database: Database,
+        settings: MigrationSettings,
+        make_config: Callable[[], Config],
+        revision: str,
+        tag: str | None = None,
+        progress: Progress | None = None,
+        bind_name: str | None = None,
+        known: Heads | None = None,
+    ) -> None:
+        super().__init__(database, settings, make_config, revision, tag, progress, bind_name)
+        self.known = known
+        self.heads = set(known.heads) if known is not None else set(self.scripts.get_heads())
+
+    def precheck(self, current: tuple[str, ...]) -> None:
+        if self.known is None:
+            self.check_scripts(current)
+            return
+        # A database at a revision no script has is refused at once, not after a turn at the lock.
+        unknown = [rev for rev in current if rev not in self.known.revisions]
+        if unknown:
+            raise alembic_bridge.unknown_revisions(unknown, self.known.heads)
+
+    def check(self, current: tuple[str, ...]) -> None:
+        if self.known is not None:
+            self.check_scripts(current)
+
+    def check_scripts(self, current: tuple[str, ...]) -> None:
+        super().check_scripts(current)
+        alembic_bridge.check_single_head(self.scripts, self.revision)
+
+    def is_done(self, current: tuple[str, ...]) -> bool:
+        return self.revision in ("head", "heads") and set(current) == self.heads
+
+
+class DowngradeRun(MigrationRun):
+    """A downgrade; every one has work (the scripts are loaded up front)."""
+
+    direction = "downgrade"
+
+    def __init__(
+        self,
+        database: Database,
+        settings: MigrationSettings,
+        make_config: Callable[[], Config],
+        revision: str,
+        tag: str | None = None,
+        progress: Progress | None = None,
+        bind_name: str | None = None,
+    ) -> None:
+        super().__init__(database, settings, make_config, revision, tag, progress, bind_name)
+        _ = self.scripts  # loaded before any wait: a broken script fails at once
+
+    @property
+    def target(self) -> str | None:
+        return None
+
+    def check_scripts(self, current: tuple[str, ...]) -> None:
+        super().check_scripts(current)
+        if not current and self.revision != "base":
+            raise CommandError(
+                f"The database is at base (no revision applied): there is nothing to downgrade "
+                f"to {self.revision!r}."
+            )
+
+    def _failed_revision(self, now_at: tuple[str, ...]) -> str | None:
+        # The revision being undone is the one the database is at.
+        return now_at[0] if len(now_at) == 1 else None
+
+
+class StampRun:
+    """A stamp, as :func:`~async_migrate.locking.run_locked` runs it: refused on a database at an
+    unknown revision (unless ``purge``), always work to do.
+
+    :param script: the loaded scripts.
+    :param purge: the stamp empties the version table first, so any revision may be there now.
+    :param stamp: runs Alembic's stamp on the locked connection.
+    """
+
+    def __init__(
+        self,
+        script: ScriptDirectory,
+        purge: bool,
+        stamp: Callable[[AsyncConnection], Awaitable[None]],
+    ) -> None:
+        self.script = script
+        self.purge = purge
+        self.stamp = stamp
+
+    def precheck(self, current: tuple[str, ...]) -> None:
+        if not self.purge:
+            alembic_bridge.check_known(self.script, current)
+
+    def check(self, current: tuple[str, ...]) -> None:
+        """Nothing beyond :meth:`precheck`."""
+
+    def is_done(self, current: tuple[str, ...]) -> bool:
+        return False
+
+    async def work(self, connection: AsyncConnection, current: tuple[str, ...]) -> None:
+        await self.stamp(connection)
