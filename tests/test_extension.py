@@ -194,3 +194,34 @@ def test_auto_upgrade_from_app_config(sqlite_url: str, migrations: Path) -> None
     Migrate(app, Base, directory=migrations)
     assert app.before_serving_funcs
     assert app.extensions["migrate"].settings["MIGRATE_AUTO_UPGRADE"] is True
+
+
+def test_module_level_init_multidb_is_the_cli_init(tmp_path: Path, sqlite_url: str) -> None:
+    """``await async_migrate.init(multidb=True)`` writes the same environment as ``quart db init
+    --multidb``: the async-multidb template."""
+    import asyncio
+
+    from async_migrate.alembic_bridge import TEMPLATES_DIRECTORY
+
+    def app_with(directory: Path) -> Quart:
+        app = Quart(__name__)
+        app.config["SQLALCHEMY_DATABASE_URI"] = sqlite_url
+        Migrate(app, Base, directory=directory)
+        return app
+
+    api_app = app_with(tmp_path / "api")
+
+    async def init_through_the_api() -> None:
+        async with api_app.app_context():
+            await async_migrate.init(multidb=True)
+
+    asyncio.run(init_through_the_api())
+    result = app_with(tmp_path / "cli").test_cli_runner().invoke(args=["db", "init", "--multidb"])
+    assert result.exit_code == 0, result.output
+    template = TEMPLATES_DIRECTORY / "async-multidb"
+    for folder in ("api", "cli"):
+        assert (tmp_path / folder / "env.py").read_text() == (template / "env.py").read_text()
+        assert (tmp_path / folder / "script.py.mako").read_text() == (
+            template / "script.py.mako"
+        ).read_text()
+        assert (tmp_path / folder / "versions").is_dir()

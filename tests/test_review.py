@@ -416,3 +416,16 @@ def test_cli_asks_on_a_terminal(tmp_path: Path, sqlite_url: str) -> None:
     os.close(leader)
     [asked] = set(project.versions()) - before
     assert "new_column_name='full_name'" in asked.read_text()
+
+
+def test_cli_prints_each_review_warning_once(tmp_path: Path, sqlite_url: str) -> None:
+    """``quart db migrate`` prints each finding once (not also as a log line), and writes it into the
+    script once."""
+    project = _cli_project(tmp_path, sqlite_url)
+    before = set(project.versions())
+    result = project.db("migrate", "-m", "declined")
+    finding = "possible rename of account.name to account.full_name"
+    assert result.stderr.count(finding) == 1, result.stderr
+    assert f"WARNING: remove_column account.name: {finding}" in result.stderr
+    [script] = set(project.versions()) - before
+    assert script.read_text().count(finding) == 1
