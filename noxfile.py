@@ -21,6 +21,7 @@ def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "async_migrate", "tests", "bench", "examples")
     session.run("ruff", "format", "--check", "async_migrate")
+    session.run("python", "scripts/check_layout.py")
 
 
 @nox.session
