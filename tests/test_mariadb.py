@@ -1,7 +1,9 @@
 """MySQL/MariaDB support against a real server (MariaDB on 127.0.0.1:3306, user root, no password; set
-``ASYNC_MIGRATE_TEST_MYSQL=mysql+asyncmy://user:password@host:port`` for another): the workflow through
-``Migrator``, the ``GET_LOCK`` migration lock (pinned name, timeouts naming the holder, two version tables,
-six processes racing, cancelled waiters), and what a failed revision leaves behind when DDL auto-commits.
+``ASYNC_MIGRATE_TEST_MYSQL=mysql+asyncmy://user:password@host:port`` for another): the ``GET_LOCK``
+migration lock (pinned name, the lock class on a live server, a swallowed cancellation, six processes
+racing), what a failed revision leaves behind when DDL auto-commits, and the DDL lock timeout. The tests
+that are the same on every backend (the workflow, lock timeouts, two version tables, cancelled waiters)
+run here too, through ``backend_url``, in test_migrator.py and test_startup_lock.py.
 
 Each test gets a fresh database ``am_test_<uuid>``, dropped afterwards. With ``CI=true`` an unreachable
 server fails these tests instead of skipping them."""
@@ -9,22 +11,17 @@ server fails these tests instead of skipping them."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import io
 import os
 import subprocess
 import sys
 import textwrap
 import time
-import uuid
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from async_migrate import (
     ConfigurationError,
@@ -32,240 +29,25 @@ from async_migrate import (
     MigrationFailedError,
     Migrator,
 )
-from async_migrate.errors import LockTimeoutError
 from async_migrate.locking import MySQLNamedLock, lock_for, mysql_lock_name, try_lock
 
-MYSQL_SERVER = os.environ.get("ASYNC_MIGRATE_TEST_MYSQL", "mysql+asyncmy://root@127.0.0.1:3306")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-T = TypeVar("T")
-
-LOG_TABLE = "boot_log"
-VERSION = "SELECT version_num FROM alembic_version"
-LOG_COUNTS = f"SELECT rev, count(*) FROM {LOG_TABLE} GROUP BY rev ORDER BY rev"
-
-
-# -- the server ------------------------------------------------------------------------------------------------
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` to completion from sync code, also when an event loop is already running here."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
-async def _admin(*statements: str) -> None:
-    engine = create_async_engine(
-        f"{MYSQL_SERVER}/", poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 5}
-    )
-    try:
-        async with engine.connect() as conn:
-            for statement in statements:
-                await conn.execute(sa.text(statement))
-            await conn.commit()
-    finally:
-        await engine.dispose()
-
-
-def admin(*statements: str) -> None:
-    """Run statements on the server, outside any test database."""
-    run(_admin(*statements))
-
-
-_mysql_problem: str | None = None
-_mysql_checked = False
-
-
-def require_mariadb() -> None:
-    """Skip (fail in CI) when the MySQL/MariaDB server cannot be reached."""
-    global _mysql_checked, _mysql_problem
-    if not _mysql_checked:
-        _mysql_checked = True
-        try:
-            admin("SELECT 1")
-        except (TimeoutError, OSError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            _mysql_problem = f"{type(exc).__name__}: {exc}".splitlines()[0]
-    if _mysql_problem is not None:
-        message = f"MySQL/MariaDB at {MYSQL_SERVER} is unreachable ({_mysql_problem})"
-        if IN_CI:
-            pytest.fail(message + "; CI=true never skips database tests", pytrace=False)
-        pytest.skip(message)
-
-
-@pytest.fixture
-def mysql_url() -> Iterator[str]:
-    """A fresh, empty database, dropped afterwards."""
-    require_mariadb()
-    name = f"am_test_{uuid.uuid4().hex[:12]}"
-    admin(f"CREATE DATABASE `{name}`")
-    try:
-        yield f"{MYSQL_SERVER}/{name}"
-    finally:
-        admin(f"DROP DATABASE IF EXISTS `{name}`")
-
-
-def as_mariadb(url: str) -> str:
-    """The same database through SQLAlchemy's ``mariadb`` dialect name (``mariadb+<driver>://``)."""
-    parsed = make_url(url)
-    return parsed.set(drivername=f"mariadb+{parsed.get_driver_name()}").render_as_string(
-        hide_password=False
-    )
-
-
-def dbname(url: str) -> str:
-    return str(make_url(url).database)
-
-
-async def aquery(url: str, sql: str) -> list[tuple[object, ...]]:
-    engine = create_async_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        async with engine.connect() as conn:
-            return [tuple(row) for row in (await conn.execute(sa.text(sql))).all()]
-    finally:
-        await engine.dispose()
-
-
-async def aexecute(url: str, sql: str) -> None:
-    engine = create_async_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(sa.text(sql))
-    finally:
-        await engine.dispose()
-
-
-def query(url: str, sql: str) -> list[tuple[object, ...]]:
-    return run(aquery(url, sql))
-
-
-async def atables(url: str) -> dict[str, list[str]]:
-    engine = create_async_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        async with engine.connect() as conn:
-
-            def read(sync_conn: sa.Connection) -> dict[str, list[str]]:
-                inspector = sa.inspect(sync_conn)
-                return {
-                    table: [c["name"] for c in inspector.get_columns(table)]
-                    for table in inspector.get_table_names()
-                }
-
-            return await conn.run_sync(read)
-    finally:
-        await engine.dispose()
-
-
-class Holder:
-    """Another session holding the migration lock with ``GET_LOCK``, as another migrator would."""
-
-    def __init__(self, url: str, version_table: str = "alembic_version") -> None:
-        self.url = url
-        self.name = mysql_lock_name(dbname(url), version_table)
-        self.engine = create_async_engine(url, poolclass=sa.pool.NullPool)
-        self.conn: AsyncConnection | None = None
-        self.connection_id = 0
-
-    async def __aenter__(self) -> Holder:
-        self.conn = await self.engine.connect()
-        self.connection_id = int(
-            (await self.conn.execute(sa.text("SELECT CONNECTION_ID()"))).scalar_one()
-        )
-        got = (
-            await self.conn.execute(sa.text("SELECT GET_LOCK(:n, 0)"), {"n": self.name})
-        ).scalar()
-        await self.conn.commit()
-        assert got == 1, f"could not take {self.name!r}"
-        return self
-
-    async def release(self) -> None:
-        assert self.conn is not None
-        released = (
-            await self.conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": self.name})
-        ).scalar()
-        await self.conn.commit()
-        assert released == 1
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self.conn is not None:
-            await self.conn.close()
-        await self.engine.dispose()
-
-
-async def lock_holder(url: str, version_table: str = "alembic_version") -> int | None:
-    """The connection id holding the migration lock of ``version_table``, or None."""
-    name = mysql_lock_name(dbname(url), version_table)
-    rows = await aquery(url, f"SELECT IS_USED_LOCK('{name}')")
-    value = rows[0][0]
-    return None if value is None else int(str(value))
-
-
-# -- migrations on disk ----------------------------------------------------------------------------------------
-
-
-def rev_id(n: int) -> str:
-    return f"r{n:02d}"
-
-
-def revision_source(revision: str, down_revision: str | None, body: Iterable[str]) -> str:
-    lines = list(body) or ["pass"]
-    upgrade = "\n".join("    " + line for line in lines)
-    return (
-        f'"""{revision}\n\nRevision ID: {revision}\nRevises: {down_revision}\n"""\n'
-        "from alembic import op\n"
-        "import sqlalchemy as sa\n\n"
-        f"revision = {revision!r}\n"
-        f"down_revision = {down_revision!r}\n"
-        "branch_labels = None\n"
-        "depends_on = None\n\n\n"
-        f"def upgrade() -> None:\n{upgrade}\n\n\n"
-        "def downgrade() -> None:\n    pass\n"
-    )
-
-
-CREATE_LOG = (
-    f'op.create_table("{LOG_TABLE}", sa.Column("id", sa.Integer, primary_key=True), '
-    'sa.Column("rev", sa.String(32), nullable=False))'
+from conftest import (
+    LOG_COUNTS,
+    LOG_TABLE,
+    VERSION,
+    as_mariadb,
+    chain,
+    dbname,
+    execute,
+    expected_log,
+    inspect_tables,
+    lock_holder,
+    make_migrations,
+    query,
+    rev_id,
+    run,
+    run_query,
 )
-
-
-def chain(n: int) -> list[tuple[str, str | None, list[str]]]:
-    """r01..rNN: r01 creates the log table, every revision inserts its id into it once."""
-    revisions = []
-    for i in range(1, n + 1):
-        body = [CREATE_LOG] if i == 1 else []
-        body.append(f"op.execute(\"INSERT INTO {LOG_TABLE} (rev) VALUES ('{rev_id(i)}')\")")
-        revisions.append((rev_id(i), rev_id(i - 1) if i > 1 else None, body))
-    return revisions
-
-
-async def make_migrations(
-    url: str, directory: Path, revisions: Iterable[tuple[str, str | None, Sequence[str]]]
-) -> Path:
-    async with Migrator(url, None, directory, stdout=None) as migrator:
-        await migrator.init()
-    versions = directory / "versions"
-    versions.mkdir(exist_ok=True)
-    for revision, down, body in revisions:
-        (versions / f"{revision}_rev.py").write_text(revision_source(revision, down, body))
-    return directory
-
-
-def expected_log(n: int) -> list[tuple[object, ...]]:
-    return [(rev_id(i), 1) for i in range(1, n + 1)]
-
-
-def account_metadata(with_email: bool = False) -> sa.MetaData:
-    metadata = sa.MetaData()
-    columns = [sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.String(100))]
-    if with_email:
-        columns.append(sa.Column("email", sa.String(200)))
-    sa.Table("account", metadata, *columns)
-    return metadata
-
 
 # -- 1. the lock name is pinned ----------------------------------------------------------------------------------
 
@@ -328,132 +110,6 @@ async def test_named_lock_take_describe_release(mysql_url: str, scheme: str) -> 
             assert first.invalidated
     finally:
         await engine.dispose()
-
-
-@pytest.mark.anyio
-async def test_status_reports_a_running_migration(tmp_path: Path, mysql_url: str) -> None:
-    migrations = await make_migrations(mysql_url, tmp_path / "migrations", chain(1))
-    async with Migrator(mysql_url, None, migrations, stdout=None) as migrator:
-        assert (await migrator.status()).migrating is False
-        async with Holder(mysql_url):
-            assert (await migrator.status()).migrating is True
-
-
-# -- 3. the workflow through Migrator --------------------------------------------------------------------------
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("scheme", ["mysql", "mariadb"])
-async def test_workflow_through_the_api(mysql_url: str, tmp_path: Path, scheme: str) -> None:
-    url = mysql_url if scheme == "mysql" else as_mariadb(mysql_url)
-    directory = tmp_path / "migrations"
-    async with Migrator(url, account_metadata(), directory, stdout=io.StringIO()) as migrator:
-        await migrator.init()
-        first = await migrator.migrate("create account")
-        assert first is not None
-        assert "op.create_table('account'" in Path(first.path).read_text()
-        assert await migrator.current() == ()
-
-        assert await migrator.upgrade() == (first.revision,)
-        assert await migrator.current() == (first.revision,)
-        assert await migrator.upgrade() == ()
-        await migrator.check()
-        assert await migrator.migrate("nothing") is None
-
-        migrator.metadata = account_metadata(with_email=True)
-        second = await migrator.migrate("add email")
-        assert second is not None
-        assert "add_column(sa.Column('email'" in Path(second.path).read_text()
-        assert await migrator.upgrade() == (second.revision,)
-        await migrator.check()
-        assert await migrator.current() == (second.revision,)
-        assert (await atables(url))["account"] == ["id", "name", "email"]
-
-        assert await migrator.downgrade() == (second.revision,)
-        assert await migrator.current() == (first.revision,)
-        assert (await atables(url))["account"] == ["id", "name"]
-    # Nobody holds the lock afterwards.
-    assert await lock_holder(url) is None
-
-
-# -- 4. the lock timeout names the holder ----------------------------------------------------------------------
-
-
-@pytest.mark.anyio
-async def test_lock_timeout_names_the_holder(tmp_path: Path, mysql_url: str) -> None:
-    migrations = await make_migrations(mysql_url, tmp_path / "migrations", chain(3))
-    async with Holder(mysql_url) as holder:
-        async with Migrator(mysql_url, None, migrations, lock_timeout=1, stdout=None) as migrator:
-            started = time.monotonic()
-            with pytest.raises(LockTimeoutError) as excinfo:
-                await asyncio.wait_for(migrator.upgrade(), timeout=30)
-            elapsed = time.monotonic() - started
-        assert await lock_holder(mysql_url) == holder.connection_id
-    message = str(excinfo.value)
-    assert f"connection id {holder.connection_id}" in message, message
-    assert holder.name in message, message
-    assert "Gave up after waiting" in message
-    assert excinfo.value.holder is not None
-    assert f"connection id {holder.connection_id}" in excinfo.value.holder
-    assert elapsed < 10, elapsed
-    assert await atables(mysql_url) == {}
-
-
-# -- 5. two version tables don't block each other --------------------------------------------------------------
-
-
-@pytest.mark.anyio
-async def test_other_version_table_is_not_blocked(tmp_path: Path, mysql_url: str) -> None:
-    migrations = await make_migrations(mysql_url, tmp_path / "migrations", chain(3))
-    async with Holder(mysql_url, version_table="alembic_version"):
-        async with Migrator(
-            mysql_url, None, migrations, lock_timeout=1, stdout=None, version_table="other_version"
-        ) as migrator:
-            applied = await asyncio.wait_for(migrator.upgrade(), timeout=30)
-    assert applied == ("r01", "r02", "r03")
-    assert sorted(await atables(mysql_url)) == [LOG_TABLE, "other_version"]
-    assert await aquery(mysql_url, "SELECT version_num FROM other_version") == [("r03",)]
-    assert await aquery(mysql_url, LOG_COUNTS) == expected_log(3)
-
-
-# -- 6. cancelled waiters never take the lock ------------------------------------------------------------------
-
-
-@pytest.mark.anyio
-async def test_waiters_cancelled_at_any_moment_never_take_the_lock(
-    tmp_path: Path, mysql_url: str
-) -> None:
-    """Cancellation can land in the backoff sleep, in connect, or in the middle of GET_LOCK itself."""
-    migrations = await make_migrations(mysql_url, tmp_path / "migrations", chain(3))
-    migrators = [
-        Migrator(mysql_url, None, migrations, lock_timeout=60, stdout=None) for _ in range(16)
-    ]
-    async with Holder(mysql_url) as holder:
-        try:
-            tasks = [asyncio.create_task(m.upgrade()) for m in migrators]
-            for i, task in enumerate(tasks):
-                await asyncio.sleep(0.003 * (i % 7) + 0.04)
-                task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            assert all(isinstance(r, asyncio.CancelledError) for r in results), results
-        finally:
-            await asyncio.gather(*(m.aclose() for m in migrators))
-        assert await lock_holder(mysql_url) == holder.connection_id
-        await holder.release()
-    # Give a leaked poller every chance to take the lock it must not take.
-    for _ in range(10):
-        assert await lock_holder(mysql_url) is None
-        await asyncio.sleep(0.2)
-    assert await atables(mysql_url) == {}
-    others = (
-        "SELECT count(*) FROM information_schema.PROCESSLIST "
-        f"WHERE DB = '{dbname(mysql_url)}' AND ID <> CONNECTION_ID()"
-    )
-    for _ in range(20):  # a closed session may take a moment to leave the process list
-        if (leftover := await aquery(mysql_url, others)) == [(0,)]:
-            break
-        await asyncio.sleep(0.1)
-    assert leftover == [(0,)]
 
 
 @pytest.mark.anyio
@@ -619,8 +275,8 @@ async def test_failed_revision_leaves_its_ddl_and_says_so(mysql_url: str, tmp_pa
         assert await lock_holder(mysql_url) is None  # released after the failure
 
         # What the database really has: r1 recorded, and r2's first statement, auto-committed by MySQL.
-        assert sorted(await atables(mysql_url)) == ["alembic_version", "half", "t"]
-        assert await aquery(mysql_url, VERSION) == [("r1",)]
+        assert sorted(await inspect_tables(mysql_url)) == ["alembic_version", "half", "t"]
+        assert await run_query(mysql_url, VERSION) == [("r1",)]
 
         message = str(failed.value)
         assert failed.value.revision == "r2"
@@ -642,7 +298,7 @@ async def test_failed_revision_leaves_its_ddl_and_says_so(mysql_url: str, tmp_pa
             await migrator.upgrade()
         assert "already exists" in str(again.value)
         # Only once the leftover is dropped by hand does the fixed revision go through.
-        await aexecute(mysql_url, "DROP TABLE half")
+        await execute(mysql_url, "DROP TABLE half")
         assert await migrator.upgrade() == ("r2",)
 
 
@@ -756,7 +412,7 @@ async def test_blocked_alter_retries_and_reads_go_on(mysql_url: str, tmp_path: P
         await migrator.aclose()
         await engine.dispose()
     assert slowest < 3.0, slowest  # about one lock_wait_timeout (1 s), not the whole blocked 5 s
-    columns = await aquery(
+    columns = await run_query(
         mysql_url,
         "SELECT column_name FROM information_schema.columns WHERE table_name = 't' "
         "AND table_schema = DATABASE() ORDER BY ordinal_position",
@@ -787,4 +443,4 @@ async def test_blocker_that_never_commits_on_mariadb(mysql_url: str, tmp_path: P
     assert "Revision r2 could not get the table locks it needs" in message and "2 attempt(s)" in message
     assert f"connection id {holder_id}" in message and f"KILL {holder_id}" in message
     assert "Nothing of it was applied" in message
-    assert await aquery(mysql_url, VERSION) == [("r1",)]
+    assert await run_query(mysql_url, VERSION) == [("r1",)]

@@ -1,4 +1,4 @@
-"""The framework-free core, awaited inside a running event loop, on SQLite and PostgreSQL."""
+"""The framework-free core, awaited inside a running event loop, on SQLite, PostgreSQL and MariaDB."""
 
 from __future__ import annotations
 
@@ -21,24 +21,15 @@ from async_migrate import (
     NotUpToDateError,
 )
 
-from conftest import inspect_tables, run_query
+from conftest import account_metadata, inspect_tables, lock_holder, run_query
 
 pytestmark = pytest.mark.anyio
 
 
-def account_metadata(with_email: bool = False) -> sa.MetaData:
-    metadata = sa.MetaData()
-    columns = [sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.String(100))]
-    if with_email:
-        columns.append(sa.Column("email", sa.String(200)))
-    sa.Table("account", metadata, *columns)
-    return metadata
-
-
-async def test_workflow_through_the_api(db_url: str, tmp_path: Path) -> None:
+async def test_workflow_through_the_api(backend_url: str, tmp_path: Path) -> None:
     directory = tmp_path / "migrations"
     out = io.StringIO()
-    async with Migrator(db_url, account_metadata(), directory, stdout=out) as migrator:
+    async with Migrator(backend_url, account_metadata(), directory, stdout=out) as migrator:
         await migrator.init()
         first = await migrator.migrate("create account")
         assert first is not None
@@ -63,6 +54,7 @@ async def test_workflow_through_the_api(db_url: str, tmp_path: Path) -> None:
         assert "add_column(sa.Column('email'" in Path(second.path).read_text()
         assert await migrator.upgrade() == (second.revision,)
         await migrator.check()
+        assert (await inspect_tables(backend_url))["account"] == ["id", "name", "email"]
         assert await migrator.heads() == (second.revision,)
         assert [s.revision for s in await migrator.history()] == [second.revision, first.revision]
         assert [s.revision for s in await migrator.show("head")] == [second.revision]
@@ -70,6 +62,7 @@ async def test_workflow_through_the_api(db_url: str, tmp_path: Path) -> None:
 
         assert await migrator.downgrade() == (second.revision,)
         assert await migrator.current() == (first.revision,)
+        assert (await inspect_tables(backend_url))["account"] == ["id", "name"]
         assert await migrator.downgrade("base") == (first.revision,)
         assert await migrator.current() == ()
         assert await migrator.upgrade() == (first.revision, second.revision)
@@ -84,7 +77,8 @@ async def test_workflow_through_the_api(db_url: str, tmp_path: Path) -> None:
         templates = dict(await migrator.list_templates())
         assert "async" in templates
 
-    assert (await inspect_tables(db_url))["account"] == ["id", "name", "email"]
+    assert (await inspect_tables(backend_url))["account"] == ["id", "name", "email"]
+    assert await lock_holder(backend_url) is None  # nobody holds the lock afterwards
 
 
 async def test_app_engine_is_used_and_left_open(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The migration lock under real concurrency: many processes (and many tasks) booting one app against one
 real database, a migrator killed with SIGKILL while it holds the lock, lock timeouts, cancellation, and the
-startup checks that refuse to serve. Every database here is real (PostgreSQL on 127.0.0.1, SQLite files)."""
+startup checks that refuse to serve. Every database here is real (PostgreSQL on 127.0.0.1, MariaDB on
+127.0.0.1, SQLite files); the tests that are the same on each run on each (``backend_url``)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 import sqlalchemy as sa
@@ -25,147 +26,46 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from async_migrate import Migrate, Migrator
-from async_migrate.errors import LockTimeoutError, MultipleHeadsError, UnknownRevisionError
+from async_migrate.errors import (
+    LockTimeoutError,
+    MultipleHeadsError,
+    UnknownRevisionError,
+    exception_chain,
+)
 from async_migrate.locking import postgres_lock_key
 
-from conftest import query, tables
-
-LOG_TABLE = "boot_log"
+from conftest import (
+    CREATE_LOG,
+    LOG_COUNTS,
+    LOG_TABLE,
+    VERSION,
+    LockHolder,
+    advisory_holders_sql,
+    assert_lock_stays_free,
+    chain,
+    dbname,
+    expected_log,
+    lock_holder,
+    log_insert,
+    make_migrations,
+    make_migrations_sync,
+    query,
+    rev_id,
+    run_query,
+    table_names,
+    tables,
+)
 
 E = TypeVar("E", bound=BaseException)
 
-
-# -- migrations on disk --------------------------------------------------------------------------------------
-
-
-def rev_id(n: int) -> str:
-    return f"r{n:02d}"
-
-
-def revision_source(revision: str, down_revision: str | None, body: Iterable[str]) -> str:
-    """One Alembic revision file, in the format the template writes."""
-    lines = list(body) or ["pass"]
-    upgrade = "\n".join("    " + line for line in lines)
-    return (
-        f'"""{revision}\n\nRevision ID: {revision}\nRevises: {down_revision}\n"""\n'
-        "import os\n"
-        "import time\n\n"
-        "from alembic import op\n"
-        "import sqlalchemy as sa\n\n"
-        f"revision = {revision!r}\n"
-        f"down_revision = {down_revision!r}\n"
-        "branch_labels = None\n"
-        "depends_on = None\n\n\n"
-        f"def upgrade() -> None:\n{upgrade}\n\n\n"
-        "def downgrade() -> None:\n    pass\n"
-    )
-
-
-def log_insert(revision: str) -> str:
-    return f"op.execute(\"INSERT INTO {LOG_TABLE} (rev) VALUES ('{revision}')\")"
-
-
-CREATE_LOG = (
-    f'op.create_table("{LOG_TABLE}", sa.Column("id", sa.Integer, primary_key=True), '
-    'sa.Column("rev", sa.Text, nullable=False))'
-)
-
-
-def chain(
-    n: int, extra: dict[int, Sequence[str]] | None = None
-) -> list[tuple[str, str | None, list[str]]]:
-    """A linear chain r01..rNN: r01 creates the log table, every revision logs its id once.
-    ``extra`` adds lines to revision number i (before its insert)."""
-    revisions = []
-    for i in range(1, n + 1):
-        body = [CREATE_LOG] if i == 1 else []
-        body += list((extra or {}).get(i, ()))
-        body.append(log_insert(rev_id(i)))
-        revisions.append((rev_id(i), rev_id(i - 1) if i > 1 else None, body))
-    return revisions
-
-
-async def make_migrations(
-    url: str, directory: Path, revisions: Iterable[tuple[str, str | None, Sequence[str]]]
-) -> Path:
-    """``Migrator.init`` from the package's template, then the revision files written by hand."""
-    migrator = Migrator(url, None, directory, stdout=None)
-    try:
-        await migrator.init()
-    finally:
-        await migrator.aclose()
-    versions = directory / "versions"
-    versions.mkdir(exist_ok=True)
-    for revision, down, body in revisions:
-        (versions / f"{revision}_rev.py").write_text(revision_source(revision, down, body))
-    return directory
-
-
-def make_migrations_sync(
-    url: str, directory: Path, revisions: Iterable[tuple[str, str | None, Sequence[str]]]
-) -> Path:
-    return asyncio.run(make_migrations(url, directory, revisions))
-
-
-def expected_log(n: int) -> list[tuple[object, ...]]:
-    return [(rev_id(i), 1) for i in range(1, n + 1)]
-
-
-LOG_COUNTS = f"SELECT rev, count(*) FROM {LOG_TABLE} GROUP BY rev ORDER BY rev"
-VERSION = "SELECT version_num FROM alembic_version"
-
-
-# -- async twins of conftest's helpers, for tests already inside an event loop --------------------------------
-
-
-async def aquery(url: str, sql: str) -> list[tuple[object, ...]]:
-    engine = create_async_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        async with engine.connect() as conn:
-            return [tuple(row) for row in (await conn.execute(sa.text(sql))).all()]
-    finally:
-        await engine.dispose()
-
-
-async def atables(url: str) -> list[str]:
-    engine = create_async_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        async with engine.connect() as conn:
-            return sorted(await conn.run_sync(lambda c: sa.inspect(c).get_table_names()))
-    finally:
-        await engine.dispose()
-
-
-def asyncpg_dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
-
-
-def dbname(url: str) -> str:
-    return str(make_url(url).database)
-
-
-async def hold_lock(
-    url: str, application_name: str, version_table: str = "alembic_version"
-) -> tuple[Any, int]:
-    """A raw asyncpg session holding the migration lock, as another migrator would."""
-    import asyncpg
-
-    conn = await asyncpg.connect(
-        asyncpg_dsn(url), server_settings={"application_name": application_name}, timeout=10
-    )
-    key = postgres_lock_key(dbname(url), "public", version_table)
-    await conn.execute("SELECT pg_advisory_lock($1)", key)
-    return conn, key
-
-
-def advisory_holders_sql(key: int) -> str:
-    """pids holding the advisory lock ``key`` in the current database."""
-    unsigned = key & 0xFFFFFFFFFFFFFFFF
-    return (
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
-        f"AND classid::bigint = {unsigned >> 32} AND objid::bigint = {unsigned & 0xFFFFFFFF} "
-        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-    )
+# A revision that keeps its migrator busy (and the lock held) for 2 s, on each backend: PostgreSQL and
+# MySQL sleep on the server; a SQLite upgrade runs in a worker thread, where time.sleep blocks nothing else.
+SLEEP_2S = {
+    "postgresql": 'op.execute("SELECT pg_sleep(2)")',
+    "mysql": 'op.execute("SELECT SLEEP(2)")',
+    "mariadb": 'op.execute("SELECT SLEEP(2)")',
+    "sqlite": "time.sleep(2)",
+}
 
 
 # -- subprocesses ----------------------------------------------------------------------------------------------
@@ -352,8 +252,8 @@ async def test_two_hundred_concurrent_starters_in_one_process(tmp_path: Path, pg
     applied = [rev for result in results for rev in result]  # type: ignore[union-attr]
     assert applied == [rev_id(i) for i in range(1, 31)]  # all of it by one starter, once
     assert sum(1 for r in results if r) == 1
-    assert await aquery(pg_url, VERSION) == [("r30",)]
-    assert await aquery(pg_url, LOG_COUNTS) == expected_log(30)
+    assert await run_query(pg_url, VERSION) == [("r30",)]
+    assert await run_query(pg_url, LOG_COUNTS) == expected_log(30)
 
 
 # -- 3. the holder is killed with SIGKILL in the middle of a slow revision -------------------------------------
@@ -408,22 +308,24 @@ def test_kill_9_of_the_holder_mid_revision_frees_the_lock(tmp_path: Path, pg_url
 
 
 @pytest.mark.anyio
-async def test_lock_timeout_names_the_holder(tmp_path: Path, pg_url: str) -> None:
-    migrations = await make_migrations(pg_url, tmp_path / "migrations", chain(3))
+async def test_lock_timeout_names_the_holder(tmp_path: Path, backend_url: str) -> None:
+    migrations = await make_migrations(backend_url, tmp_path / "migrations", chain(3))
     app_name = f"am-holder-{uuid.uuid4().hex[:8]}"
-    conn, _key = await hold_lock(pg_url, app_name)
-    try:
-        holder_pid = await conn.fetchval("SELECT pg_backend_pid()")
-        async with Migrator(pg_url, None, migrations, lock_timeout=2, stdout=None) as migrator:
+    async with LockHolder(backend_url, application_name=app_name) as holder:
+        async with Migrator(backend_url, None, migrations, lock_timeout=1, stdout=None) as migrator:
+            started = time.monotonic()
             with pytest.raises(LockTimeoutError) as excinfo:
                 await asyncio.wait_for(migrator.upgrade(), timeout=30)
-    finally:
-        await conn.close()
+            elapsed = time.monotonic() - started
+        assert await lock_holder(backend_url) == holder.session_id
     message = str(excinfo.value)
-    assert f"pid {holder_pid}" in message
-    assert app_name in message
-    assert excinfo.value.holder is not None and app_name in excinfo.value.holder
-    assert await atables(pg_url) == []
+    assert "Gave up after waiting" in message
+    for name in holder.names:  # pid and application_name; connection id and lock name; pid and file
+        assert name in message, message
+    for name in holder.who:
+        assert excinfo.value.holder is not None and name in excinfo.value.holder
+    assert elapsed < 10, elapsed
+    assert await table_names(backend_url) == []
 
 
 # -- 5. startup refuses, with clear errors, and writes nothing -------------------------------------------------
@@ -454,25 +356,11 @@ async def start_and_fail(app: Quart) -> BaseException:
 
 def in_chain(exc: BaseException, cls: type[E]) -> E | None:
     """The first exception of type ``cls`` in ``exc``'s cause/context chain."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, cls):
-            return current
-        current = current.__cause__ or current.__context__
-    return None
+    return next((c for c in exception_chain(exc) if isinstance(c, cls)), None)
 
 
-def exception_chain(exc: BaseException) -> str:
-    texts: list[str] = []
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        texts.append(f"{type(current).__name__}: {current}")
-        current = current.__cause__ or current.__context__
-    return "\n".join(texts)
+def describe_chain(exc: BaseException) -> str:
+    return "\n".join(f"{type(c).__name__}: {c}" for c in exception_chain(exc))
 
 
 @pytest.mark.anyio
@@ -492,14 +380,14 @@ async def test_startup_refuses_two_heads(
     finally:
         await engine.dispose()
     # TestApp reports a failed before_serving hook as LifespanError carrying the hook's message.
-    assert isinstance(error, quart_testing.LifespanError), exception_chain(error)
+    assert isinstance(error, quart_testing.LifespanError), describe_chain(error)
     cause = in_chain(error, MultipleHeadsError)
-    assert cause is not None and set(cause.heads) == {"heada", "headb"}, exception_chain(error)
+    assert cause is not None and set(cause.heads) == {"heada", "headb"}, describe_chain(error)
     logged = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
     for text in (str(error), logged):
         assert "heada" in text and "headb" in text, text
         assert "merge" in text, text
-    assert await atables(pg_url) == []
+    assert await table_names(pg_url) == []
 
 
 async def stamp_unknown(url: str, revision: str) -> None:
@@ -526,15 +414,15 @@ async def test_startup_refuses_database_ahead_of_scripts(
         error = await start_and_fail(quart_app(engine, migrations))
     finally:
         await engine.dispose()
-    assert isinstance(error, quart_testing.LifespanError), exception_chain(error)
+    assert isinstance(error, quart_testing.LifespanError), describe_chain(error)
     cause = in_chain(error, UnknownRevisionError)
-    assert cause is not None and cause.revisions == ("f00dfeed9999",), exception_chain(error)
+    assert cause is not None and cause.revisions == ("f00dfeed9999",), describe_chain(error)
     logged = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
     for text in (str(error), logged):
         assert "f00dfeed9999" in text, text
         assert "stamp --purge" in text, text
-    assert await atables(pg_url) == ["alembic_version"]
-    assert await aquery(pg_url, VERSION) == [("f00dfeed9999",)]
+    assert await table_names(pg_url) == ["alembic_version"]
+    assert await run_query(pg_url, VERSION) == [("f00dfeed9999",)]
 
 
 @pytest.mark.anyio
@@ -554,8 +442,8 @@ async def test_startup_serves_database_ahead_when_allowed(
     assert any(
         r.levelno == logging.WARNING and "f00dfeed9999" in r.getMessage() for r in caplog.records
     )
-    assert await atables(pg_url) == ["alembic_version"]
-    assert await aquery(pg_url, VERSION) == [("f00dfeed9999",)]
+    assert await table_names(pg_url) == ["alembic_version"]
+    assert await run_query(pg_url, VERSION) == [("f00dfeed9999",)]
 
 
 # -- 6. a waiter that gets the lock after the holder finished does nothing --------------------------------------
@@ -563,20 +451,20 @@ async def test_startup_serves_database_ahead_when_allowed(
 
 @pytest.mark.anyio
 async def test_waiter_rereads_and_does_nothing(
-    tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, backend_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="async_migrate")
+    backend = make_url(backend_url).get_backend_name()
     migrations = await make_migrations(
-        pg_url, tmp_path / "migrations", chain(3, {2: ['op.execute("SELECT pg_sleep(2)")']})
+        backend_url, tmp_path / "migrations", chain(3, {2: [SLEEP_2S[backend]]})
     )
-    key = postgres_lock_key(dbname(pg_url), "public", "alembic_version")
     async with (
-        Migrator(pg_url, None, migrations, lock_timeout=30, stdout=None) as first,
-        Migrator(pg_url, None, migrations, lock_timeout=30, stdout=None) as second,
+        Migrator(backend_url, None, migrations, lock_timeout=30, stdout=None) as first,
+        Migrator(backend_url, None, migrations, lock_timeout=30, stdout=None) as second,
     ):
         first_task = asyncio.create_task(first.upgrade())
         for _ in range(200):
-            if await aquery(pg_url, advisory_holders_sql(key)):
+            if await lock_holder(backend_url) is not None:
                 break
             await asyncio.sleep(0.05)
         else:
@@ -586,8 +474,8 @@ async def test_waiter_rereads_and_does_nothing(
     assert first_result == ("r01", "r02", "r03")
     assert second_result == ()
     assert any("while this one waited" in r.getMessage() for r in caplog.records)
-    assert await aquery(pg_url, LOG_COUNTS) == expected_log(3)
-    assert await aquery(pg_url, VERSION) == [("r03",)]
+    assert await run_query(backend_url, LOG_COUNTS) == expected_log(3)
+    assert await run_query(backend_url, VERSION) == [("r03",)]
 
 
 # -- 7. cancelled while waiting: never takes the lock afterwards -----------------------------------------------
@@ -595,13 +483,12 @@ async def test_waiter_rereads_and_does_nothing(
 
 @pytest.mark.anyio
 async def test_cancelled_waiter_never_takes_the_lock(
-    tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, backend_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="async_migrate")
-    migrations = await make_migrations(pg_url, tmp_path / "migrations", chain(3))
-    conn, key = await hold_lock(pg_url, "am-test-holder")
-    try:
-        async with Migrator(pg_url, None, migrations, lock_timeout=60, stdout=None) as migrator:
+    migrations = await make_migrations(backend_url, tmp_path / "migrations", chain(3))
+    async with LockHolder(backend_url) as holder:
+        async with Migrator(backend_url, None, migrations, lock_timeout=60, stdout=None) as migrator:
             task = asyncio.create_task(migrator.upgrade())
             for _ in range(200):
                 if any("Waiting up to" in r.getMessage() for r in caplog.records):
@@ -613,71 +500,58 @@ async def test_cancelled_waiter_never_takes_the_lock(
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", key)
-        await conn.close()
-    await assert_lock_stays_free(pg_url, key)
-
-
-async def assert_lock_stays_free(url: str, key: int) -> None:
-    """Nobody holds the lock, nobody takes it later, nothing was written, no session was left behind."""
-    # Give a leaked poller every chance to take the lock it must not take.
-    for _ in range(10):
-        assert await aquery(url, advisory_holders_sql(key)) == []
-        await asyncio.sleep(0.2)
-    assert await atables(url) == []
-    others = (
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND pid <> pg_backend_pid()"
-    )
-    for _ in range(20):  # a closed session's backend may take a moment to leave pg_stat_activity
-        if (leftover := await aquery(url, others)) == [(0,)]:
-            break
-        await asyncio.sleep(0.1)
-    assert leftover == [(0,)]
+        await holder.release()
+    await assert_lock_stays_free(backend_url)
 
 
 @pytest.mark.anyio
 async def test_waiters_cancelled_at_any_moment_never_take_the_lock(
-    tmp_path: Path, pg_url: str
+    tmp_path: Path, backend_url: str
 ) -> None:
     """Cancellation can land in the backoff sleep, in connect, or in the middle of the lock query itself."""
-    migrations = await make_migrations(pg_url, tmp_path / "migrations", chain(3))
-    conn, key = await hold_lock(pg_url, "am-test-holder")
+    migrations = await make_migrations(backend_url, tmp_path / "migrations", chain(3))
     migrators = [
-        Migrator(pg_url, None, migrations, lock_timeout=60, stdout=None) for _ in range(24)
+        Migrator(backend_url, None, migrations, lock_timeout=60, stdout=None) for _ in range(24)
     ]
-    try:
-        tasks = [asyncio.create_task(m.upgrade()) for m in migrators]
-        for i, task in enumerate(tasks):
-            await asyncio.sleep(0.003 * (i % 7) + 0.04)
-            task.cancel()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        assert all(isinstance(r, asyncio.CancelledError) for r in results), results
-    finally:
-        await asyncio.gather(*(m.aclose() for m in migrators))
-        await conn.execute("SELECT pg_advisory_unlock($1)", key)
-        await conn.close()
-    await assert_lock_stays_free(pg_url, key)
+    async with LockHolder(backend_url) as holder:
+        try:
+            tasks = [asyncio.create_task(m.upgrade()) for m in migrators]
+            for i, task in enumerate(tasks):
+                await asyncio.sleep(0.003 * (i % 7) + 0.04)
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            assert all(isinstance(r, asyncio.CancelledError) for r in results), results
+        finally:
+            await asyncio.gather(*(m.aclose() for m in migrators))
+        assert await lock_holder(backend_url) == holder.session_id
+        await holder.release()
+    await assert_lock_stays_free(backend_url)
+
+
+@pytest.mark.anyio
+async def test_status_reports_a_running_migration(tmp_path: Path, backend_url: str) -> None:
+    migrations = await make_migrations(backend_url, tmp_path / "migrations", chain(1))
+    async with Migrator(backend_url, None, migrations, stdout=None) as migrator:
+        assert (await migrator.status()).migrating is False
+        async with LockHolder(backend_url):
+            assert (await migrator.status()).migrating is True
 
 
 # -- 8. two version tables in one database don't block each other ---------------------------------------------
 
 
 @pytest.mark.anyio
-async def test_other_version_table_is_not_blocked(tmp_path: Path, pg_url: str) -> None:
-    migrations = await make_migrations(pg_url, tmp_path / "migrations", chain(3))
-    conn, _key = await hold_lock(pg_url, "am-test-holder", version_table="alembic_version")
-    try:
+async def test_other_version_table_is_not_blocked(tmp_path: Path, server_url: str) -> None:
+    migrations = await make_migrations(server_url, tmp_path / "migrations", chain(3))
+    async with LockHolder(server_url, version_table="alembic_version"):
         async with Migrator(
-            pg_url, None, migrations, lock_timeout=1, stdout=None, version_table="other_version"
+            server_url, None, migrations, lock_timeout=1, stdout=None, version_table="other_version"
         ) as migrator:
             applied = await asyncio.wait_for(migrator.upgrade(), timeout=30)
-    finally:
-        await conn.close()
     assert applied == ("r01", "r02", "r03")
-    assert await atables(pg_url) == [LOG_TABLE, "other_version"]
-    assert await aquery(pg_url, "SELECT version_num FROM other_version") == [("r03",)]
+    assert await table_names(server_url) == [LOG_TABLE, "other_version"]
+    assert await run_query(server_url, "SELECT version_num FROM other_version") == [("r03",)]
+    assert await run_query(server_url, LOG_COUNTS) == expected_log(3)
 
 
 # -- 9. the lock key derivation is pinned ------------------------------------------------------------------------
