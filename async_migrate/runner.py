@@ -59,6 +59,9 @@ class MigrationRun:
     :param tag: Alembic's ``--tag``, for env.py.
     :param progress: where each revision applied is reported; None: INFO log lines.
     :param bind_name: in a multi-database setup, the name of this database ("" the main one).
+    :param known: the scripts' heads and revisions without a full load (the heads cache): the scripts are
+        then loaded only once there is work. Without it they are loaded at once, so that a broken script
+        fails before any wait for the lock.
     """
 
     direction = "upgrade"
@@ -72,14 +75,18 @@ class MigrationRun:
         tag: str | None = None,
         progress: Progress | None = None,
         bind_name: str | None = None,
+        known: Heads | None = None,
     ) -> None:
         self.database = database
         self.settings = settings
         self.revision = revision
         self.tag = tag
         self.bind_name = bind_name
+        self.known = known
         self.recorder = AppliedRecorder(database.url, progress)
         self._make_config = make_config
+        if known is None:
+            _ = self.scripts
 
     @functools.cached_property
     def config(self) -> Config:
@@ -332,24 +339,12 @@ class MigrationRun:
 
 
 class UpgradeRun(MigrationRun):
-    """An upgrade. With ``known`` heads (from the heads cache), "nothing to do" is told and waiters are
-    refused a database at an unknown revision without loading Alembic or any script; the full checks run
-    once there is work."""
+    """An upgrade. With ``known`` heads, "nothing to do" is told and waiters are refused a database at an
+    unknown revision without loading Alembic or any script; the full checks run once there is work."""
 
-    def __init__(
-        self,
-        database: Database,
-        settings: MigrationSettings,
-        make_config: Callable[[], Config],
-        revision: str,
-        tag: str | None = None,
-        progress: Progress | None = None,
-        bind_name: str | None = None,
-        known: Heads | None = None,
-    ) -> None:
-        super().__init__(database, settings, make_config, revision, tag, progress, bind_name)
-        self.known = known
-        self.heads = set(known.heads) if known is not None else set(self.scripts.get_heads())
+    @functools.cached_property
+    def heads(self) -> set[str]:
+        return set(self.known.heads) if self.known is not None else set(self.scripts.get_heads())
 
     def precheck(self, current: tuple[str, ...]) -> None:
         if self.known is None:
@@ -373,22 +368,9 @@ class UpgradeRun(MigrationRun):
 
 
 class DowngradeRun(MigrationRun):
-    """A downgrade; every one has work (the scripts are loaded up front)."""
+    """A downgrade; every one has work."""
 
     direction = "downgrade"
-
-    def __init__(
-        self,
-        database: Database,
-        settings: MigrationSettings,
-        make_config: Callable[[], Config],
-        revision: str,
-        tag: str | None = None,
-        progress: Progress | None = None,
-        bind_name: str | None = None,
-    ) -> None:
-        super().__init__(database, settings, make_config, revision, tag, progress, bind_name)
-        _ = self.scripts  # loaded before any wait: a broken script fails at once
 
     @property
     def target(self) -> str | None:
