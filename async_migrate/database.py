@@ -76,6 +76,19 @@ async def discard(connection: AsyncConnection) -> None:
         await connection.invalidate()
 
 
+def close_when_connected(connecting: asyncio.Future[AsyncConnection]) -> None:
+    """Done-callback for a connect whose caller gave up on it (cancelled, timed out): close the
+    connection it made, rather than leave it to the garbage collector (aiosqlite then warns, a server
+    keeps the session until its socket is noticed dead)."""
+    if not connecting.cancelled() and connecting.exception() is None:
+        _pending_closes.add(task := asyncio.ensure_future(connecting.result().close()))
+        task.add_done_callback(_pending_closes.discard)
+
+
+# Strong references to close() tasks started from callbacks, which the loop alone would not keep.
+_pending_closes: set[asyncio.Future[None]] = set()
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether a failed connection attempt may succeed if tried again shortly."""
     if sqlstate(exc) in _TRANSIENT_SQLSTATES:
@@ -182,13 +195,24 @@ class Database:
                 await connection.execution_options(**{asyncpg_simple_query.OPTION: True})
             yield connection
         finally:
-            await connection.close()
+            # Closed even when the task is cancelled meanwhile.
+            await asyncio.shield(connection.close())
+
+    async def _connect_once(self) -> AsyncConnection:
+        """``engine.connect()``, which a cancellation of the caller does not cut half-way: the connect
+        finishes in the background and its connection is closed."""
+        connecting = asyncio.ensure_future(self.engine.connect())
+        try:
+            return await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            connecting.add_done_callback(close_when_connected)
+            raise
 
     async def _connect_with_retries(self, deadline: float) -> AsyncConnection:
         attempt = 0
         while True:
             try:
-                return await self.engine.connect()
+                return await self._connect_once()
             except InvalidRequestError as exc:
                 raise ConfigurationError(
                     f"Cannot connect to {self.url}: {hide_password(str(exc), self.sqlalchemy_url)}"

@@ -22,6 +22,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .database import close_when_connected
 from .errors import exception_chain
 
 log = logging.getLogger("async_migrate")
@@ -154,10 +155,10 @@ class BlockerWatcher:
         try:
             done, _ = await asyncio.wait({connecting}, timeout=2.0)
         except asyncio.CancelledError:
-            connecting.add_done_callback(_close_when_connected)
+            connecting.add_done_callback(close_when_connected)
             raise
         if not done or connecting.exception() is not None:
-            connecting.add_done_callback(_close_when_connected)
+            connecting.add_done_callback(close_when_connected)
             log.debug("No connection to watch for blocking sessions")
             return
         connection = connecting.result()
@@ -198,16 +199,6 @@ class BlockerWatcher:
         else:
             pids = ", ".join(f"SELECT {self._kill.format(pid)}" for pid in self.blockers)
         return f" ({pids})" if pids else ""
-
-
-def _close_when_connected(connecting: asyncio.Future[AsyncConnection]) -> None:
-    if not connecting.cancelled() and connecting.exception() is None:
-        _pending_closes.add(task := asyncio.ensure_future(connecting.result().close()))
-        task.add_done_callback(_pending_closes.discard)
-
-
-# Strong references to close() tasks started from callbacks, which the loop alone would not keep.
-_pending_closes: set[asyncio.Future[None]] = set()
 
 
 class AutocommitTracker:
