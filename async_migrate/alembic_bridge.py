@@ -172,7 +172,9 @@ def load_scripts(config: Config, url: URL | None = None) -> ScriptDirectory:
 
     try:
         script = ScriptDirectory.from_config(config)
-        script_heads.remember_heads(script, script.get_heads())  # imports every revision script
+        before = script_heads.fingerprint_of(script)
+        heads = script.get_heads()  # imports every revision script
+        script_heads.remember_heads(script, heads, before)
         return script
     except AlembicCommandError as exc:
         raise translate(exc, url) from None

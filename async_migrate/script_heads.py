@@ -154,11 +154,22 @@ def cached(locations: Sequence[str], directory: str | Path) -> Heads | None:
     return heads
 
 
-def remember_heads(script: ScriptDirectory, heads: Iterable[str]) -> None:
-    """Record the heads Alembic found by a full load (and how ``current`` shows each), for the next
-    process."""
+def fingerprint_of(script: ScriptDirectory) -> str | None:
+    """The fingerprint of a ScriptDirectory's version files as they are now; None for layouts this module
+    does not handle. Taken before Alembic loads the scripts (see :func:`remember_heads`)."""
     locations = locations_of(script)
-    if locations is None:
+    return _fingerprint(_version_files(locations)) if locations is not None else None
+
+
+def remember_heads(script: ScriptDirectory, heads: Iterable[str], fingerprint: str | None) -> None:
+    """Record the heads Alembic found by a full load (and how ``current`` shows each), for the next
+    process. ``fingerprint`` is :func:`fingerprint_of` taken before the load: when a version file came,
+    went or changed during the load, Alembic may not have seen it, and nothing is recorded (the next
+    process reads the scripts again)."""
+    locations = locations_of(script)
+    if locations is None or fingerprint is None:
+        return
+    if _fingerprint(_version_files(locations)) != fingerprint:
         return
     ordered = tuple(sorted(heads))
     lines = {}
@@ -169,7 +180,7 @@ def remember_heads(script: ScriptDirectory, heads: Iterable[str]) -> None:
         lines[head] = revision.cmd_format(verbose=False)
     _write(
         Path(script.dir) / CACHE_FILE,
-        _fingerprint(_version_files(locations)),
+        fingerprint,
         Heads(ordered, lines, frozenset(s.revision for s in script.walk_revisions())),
     )
 

@@ -118,6 +118,30 @@ async def test_upgrade_never_misses_an_added_edited_or_removed_script(
             await migrator.upgrade()
 
 
+async def test_a_script_that_lands_during_the_load_is_not_missed(
+    migrations: Path, sqlite_url: str
+) -> None:
+    """A version file written while Alembic imports the scripts (a deploy copying files as a replica
+    starts) may be missed by that load; the cache must not record the heads of that load under a
+    fingerprint that includes it, or every later start would say "at head" with the file pending."""
+    body = repr(
+        'revision = "b"\ndown_revision = "a"\nbranch_labels = None\ndepends_on = None\n'
+        "def upgrade():\n    pass\ndef downgrade():\n    pass\n"
+    )
+    landing = (
+        "import pathlib as _pathlib\n"
+        "_b = _pathlib.Path(__file__).with_name('b_r.py')\n"
+        f"if not _b.exists():\n    _b.write_text({body})\n"
+    )
+    write_rev(migrations, "a", None, extra=landing)
+    async with Migrator(sqlite_url, None, migrations, stdout=None) as migrator:
+        assert await migrator.upgrade() == ("a",)  # b arrived while a was being imported
+        assert (migrations / "versions" / "b_r.py").exists()
+        assert await migrator.upgrade() == ("b",)
+        assert await migrator.upgrade() == ()
+        assert await migrator.current(quiet=True) == ("b",)
+
+
 async def test_poisoned_cache_with_wrong_fingerprint_is_ignored(
     migrations: Path, sqlite_url: str
 ) -> None:
