@@ -52,8 +52,9 @@ class MigrationLock(ABC):
         """Give the lock back. Must be safe to call after a failed migration."""
 
     @abstractmethod
-    async def describe_holder(self, connection: AsyncConnection) -> str | None:
-        """Who holds the lock now, in words, or None if nobody holds it."""
+    async def describe_holder(self, connection: AsyncConnection, remedy: bool = True) -> str | None:
+        """Who holds the lock now, in words, or None if nobody holds it. With ``remedy``, also how to
+        stop the holder (said once a wait timed out, not to a replica that merely waits its turn)."""
 
 
 def postgres_lock_key(database: str, schema: str, version_table: str) -> int:
@@ -129,7 +130,7 @@ class PostgresAdvisoryLock(MigrationLock):
             # to the pool.
             await connection.invalidate()
 
-    async def describe_holder(self, connection: AsyncConnection) -> str | None:
+    async def describe_holder(self, connection: AsyncConnection, remedy: bool = True) -> str | None:
         key = await self.key(connection) & 0xFFFFFFFFFFFFFFFF
         row = (
             await connection.execute(
@@ -152,8 +153,8 @@ class PostgresAdvisoryLock(MigrationLock):
         return (
             f"PostgreSQL backend pid {pid} (application_name {app_name!r}, client {addr or 'local socket'}, "
             f"connected {connected_for:.0f}s ago, state {state!r}, "
-            f"current statement running {query_for or 0:.0f}s: {query!r}); "
-            f"to stop it: SELECT pg_terminate_backend({pid})"
+            f"current statement running {query_for or 0:.0f}s: {query!r})"
+            + (f"; to stop it: SELECT pg_terminate_backend({pid})" if remedy else "")
         )
 
 
@@ -231,7 +232,7 @@ class MySQLNamedLock(MigrationLock):
             # what it should be: never hand such a connection back to a pool.
             await connection.invalidate()
 
-    async def describe_holder(self, connection: AsyncConnection) -> str | None:
+    async def describe_holder(self, connection: AsyncConnection, remedy: bool = True) -> str | None:
         name = await self.name(connection)
         holder = (
             await connection.execute(text("SELECT IS_USED_LOCK(:name)"), {"name": name})
@@ -254,7 +255,7 @@ class MySQLNamedLock(MigrationLock):
             # Without the PROCESS privilege only one's own user's sessions are listed.
             return (
                 f"MySQL connection id {holder} (not in the process list visible to this user: the PROCESS "
-                f"privilege shows it); to stop it: KILL {holder}"
+                f"privilege shows it)" + (f"; to stop it: KILL {holder}" if remedy else "")
             )
         user, host, db, command, seconds, state, info, own_id = row
         if int(own_id) == int(holder):
@@ -262,8 +263,8 @@ class MySQLNamedLock(MigrationLock):
         doing = f"running {info!r}" if info else "idle between statements"
         return (
             f"MySQL connection id {holder} (user {user!r}, host {host!r}, database {db!r}, "
-            f"command {command!r} for {seconds or 0}s, state {state or ''!r}, {doing}); "
-            f"to stop it: KILL {holder}"
+            f"command {command!r} for {seconds or 0}s, state {state or ''!r}, {doing})"
+            + (f"; to stop it: KILL {holder}" if remedy else "")
         )
 
 
@@ -280,7 +281,11 @@ class SQLiteFileLock(MigrationLock):
         self.in_memory = (
             not database or database == ":memory:" or database.startswith("file::memory:")
         )
-        self.path = None if self.in_memory else Path(database + ".migrate-lock")  # type: ignore[operator]
+        # Beside the file itself, not beside the path it was reached by: two replicas reaching one file
+        # through a symlink (or a relative and an absolute path) must take one lock.
+        self.path = (
+            None if self.in_memory else Path(f"{Path(str(database)).resolve()}.migrate-lock")
+        )
         self.description = (
             "in-process lock for an in-memory SQLite database"
             if self.path is None
@@ -331,7 +336,7 @@ class SQLiteFileLock(MigrationLock):
             finally:
                 handle.close()
 
-    async def describe_holder(self, connection: AsyncConnection) -> str | None:
+    async def describe_holder(self, connection: AsyncConnection, remedy: bool = True) -> str | None:
         if self.path is None:
             key = f"{id(connection.engine.sync_engine)}"
             return "another task of this process" if key in _PROCESS_HELD else None
@@ -502,7 +507,7 @@ class _LockQueue:
                 "Waiting up to %.0fs for the %s, held by %s",
                 timeout,
                 lock.description,
-                await lock.describe_holder(connection) or "another migrator",
+                await lock.describe_holder(connection, remedy=False) or "another migrator",
             )
         elif now >= self.lock_deadline:
             holder = await lock.describe_holder(connection)

@@ -342,7 +342,7 @@ def expected_log(n: int) -> list[tuple[object, ...]]:
 
 
 def sqlite_lock_path(url: str) -> Path:
-    return Path(str(make_url(url).database) + ".migrate-lock")
+    return Path(f"{Path(str(make_url(url).database)).resolve()}.migrate-lock")
 
 
 def advisory_holders_sql(key: int) -> str:

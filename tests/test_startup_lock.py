@@ -502,6 +502,9 @@ async def test_cancelled_waiter_never_takes_the_lock(
                 await task
         await holder.release()
     await assert_lock_stays_free(backend_url)
+    # A replica waiting its turn is told who holds the lock, not how to kill a healthy migrator.
+    [waiting] = [r.getMessage() for r in caplog.records if "Waiting up to" in r.getMessage()]
+    assert holder.who[0] in waiting and "to stop it" not in waiting, waiting
 
 
 @pytest.mark.anyio
@@ -552,6 +555,26 @@ async def test_other_version_table_is_not_blocked(tmp_path: Path, server_url: st
     assert await table_names(server_url) == [LOG_TABLE, "other_version"]
     assert await run_query(server_url, "SELECT version_num FROM other_version") == [("r03",)]
     assert await run_query(server_url, LOG_COUNTS) == expected_log(3)
+
+
+@pytest.mark.anyio
+async def test_one_sqlite_file_through_a_symlink_is_one_lock(tmp_path: Path) -> None:
+    """Two replicas reaching one SQLite file by two paths take one lock: the second waits for the
+    first (and names it) instead of migrating beside it."""
+    real = tmp_path / "real.db"
+    link = tmp_path / "link.db"
+    link.symlink_to(real)
+    real_url, link_url = f"sqlite+aiosqlite:///{real}", f"sqlite+aiosqlite:///{link}"
+    migrations = await make_migrations(real_url, tmp_path / "migrations", chain(3))
+    async with LockHolder(real_url) as holder:
+        async with Migrator(link_url, None, migrations, lock_timeout=1, stdout=None) as migrator:
+            with pytest.raises(LockTimeoutError) as excinfo:
+                await asyncio.wait_for(migrator.upgrade(), timeout=30)
+    assert all(name in str(excinfo.value) for name in holder.names), str(excinfo.value)
+    assert await table_names(real_url) == []
+    async with Migrator(link_url, None, migrations, stdout=None) as migrator:
+        assert await migrator.upgrade() == ("r01", "r02", "r03")
+    assert await run_query(real_url, LOG_COUNTS) == expected_log(3)
 
 
 # -- 9. the lock key derivation is pinned ------------------------------------------------------------------------
