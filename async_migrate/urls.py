@@ -26,9 +26,23 @@ KNOWN_ASYNC_DRIVERS = frozenset(
 def render_url(url: URL | str) -> str:
     """The URL as text with its password replaced by ``***``."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable database URL>"
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return mask_password(str(url))
+    if parsed.host and "@" in parsed.host:  # the tail of a password with an unencoded '@'
+        return mask_password(str(url))
+    return parsed.render_as_string(hide_password=True)
+
+
+def mask_password(raw: str) -> str:
+    """``raw``, a URL that did not parse (or parsed wrongly), with everything between ``user:`` and the
+    last ``@`` replaced by ``***``: an unencoded ``@`` or ``:`` in a password must not leak its tail."""
+    scheme, sep, rest = raw.partition("://")
+    if not sep or "@" not in rest:
+        return raw
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
 
 
 def hide_password(text: str, url: URL | None) -> str:
@@ -48,13 +62,27 @@ def async_url(url: URL | str) -> URL:
     Raises :class:`ConfigurationError` naming the async driver to use when ``url`` has a synchronous one
     (``postgresql://``, ``sqlite:///``), since SQLAlchemy's own error for that comes late and is obscure.
     """
+    encode = (
+        "If the password has characters such as @ : / ? # % in it, percent-encode it "
+        "(urllib.parse.quote(password, safe=''))."
+    )
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except ArgumentError:
         raise ConfigurationError(
-            f"Could not parse the database URL {url!r}: {exc}. "
-            "Expected something like postgresql+asyncpg://user@host/dbname or sqlite+aiosqlite:///app.db."
+            f"Could not parse the database URL {mask_password(str(url))!r}. Expected something like "
+            f"postgresql+asyncpg://user@host/dbname or sqlite+aiosqlite:///app.db. {encode}"
         ) from None
+    except ValueError:  # a port that is not a number, often the tail of a password with a ':' in it
+        raise ConfigurationError(
+            f"The database URL {mask_password(str(url))!r} has a port that is not a number (or a host "
+            f"that does not parse). {encode}"
+        ) from None
+    if parsed.host and "@" in parsed.host:
+        raise ConfigurationError(
+            f"The database URL {mask_password(str(url))!r} has an '@' after its user and password, so "
+            f"part of the password would be taken for the host. {encode}"
+        )
     if parsed.drivername in KNOWN_ASYNC_DRIVERS:
         return parsed
     try:

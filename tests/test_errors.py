@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from async_migrate import ConfigurationError
+
 from conftest import MODELS_V2, Project, query, tables
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -183,6 +185,44 @@ def test_unreachable_database(project: Project, url: str) -> None:
     result = project.quart("db", "upgrade")
     assert_clean_failure(result, "Could not connect to the database")
     assert SECRET not in result.stdout + result.stderr
+
+
+MALFORMED = [
+    "postgres ql://user:Pw1FrontPart%25Pw1TailPart@127.0.0.1/db",  # unparseable
+    "postgresql+asyncpg://user:Pw1FrontPart@Pw1TailPart@127.0.0.1/db",  # an unencoded '@'
+    "postgresql+asyncpg://user:Pw1FrontPart@Pw1TailPart:9@127.0.0.1/db",  # its tail taken for a port
+    "postgresql+asyncpg://user:Pw1FrontPart@[Pw1TailPart@127.0.0.1/db",  # a host that does not parse
+]
+
+
+@pytest.mark.parametrize("url", MALFORMED)
+def test_a_malformed_url_never_shows_any_of_its_password(url: str) -> None:
+    from async_migrate import Migrator
+    from async_migrate.urls import render_url
+
+    with pytest.raises(ConfigurationError) as error:
+        Migrator(url)
+    message = str(error.value)
+    assert "Pw1" not in message and "Pw1" not in render_url(url), message
+    assert "percent-encode" in message
+    assert "\n" not in message
+
+
+def test_a_malformed_url_from_the_app_config_is_one_clean_paragraph(project: Project) -> None:
+    (project.path / "app.py").write_text(
+        "import os\nfrom quart import Quart\nfrom async_migrate import Migrate\nfrom models import Base\n"
+        "app = Quart(__name__)\napp.config['SQLALCHEMY_DATABASE_URI'] = os.environ['DATABASE_URL']\n"
+        "Migrate(app, Base)\n"
+    )
+    project.db("init")
+    for url in MALFORMED:
+        project.url = url
+        for args in (["current"], ["-v", "upgrade"]):
+            result = project.quart("db", *args)
+            assert result.returncode == 1, result.stderr
+            assert "Pw1" not in result.stdout + result.stderr, result.stderr
+            if args[0] != "-v":
+                assert_clean_failure(result, "percent-encode")
 
 
 def test_no_password_anywhere(pg_url: str, tmp_path: Path) -> None:
