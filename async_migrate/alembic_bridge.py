@@ -4,7 +4,7 @@
   under ``Config.attributes["async_migrate"]`` (:data:`SETTINGS_KEY`).
 - :func:`load_scripts` loads the ScriptDirectory once (a broken script fails here, by file and line).
 - :func:`run` calls a command online (on async connections, through ``run_sync``) or offline, under the
-  in-process Alembic lock, and turns Alembic's errors into ours (:func:`translate`, :func:`script_error`).
+  in-process Alembic lock, and turns Alembic's errors into ours (:mod:`async_migrate.alembic_errors`).
 - :func:`migrate_online` and the listings of :mod:`async_migrate.listings` are ``alembic.command``'s
   upgrade, downgrade, heads, ... on a ScriptDirectory already loaded, so that no script is imported twice.
 
@@ -20,7 +20,7 @@ import contextlib
 import io
 import logging
 import sys
-import traceback
+import warnings
 import weakref
 from argparse import Namespace
 from collections.abc import Callable, Mapping, Sequence
@@ -31,21 +31,22 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import script_heads
-from .errors import (
-    AsyncMigrateError,
-    CommandError,
-    ConfigurationError,
-    MultipleHeadsError,
-    NotUpToDateError,
-    UnknownRevisionError,
+from .alembic_errors import (
+    DUPLICATE_WARNING,
+    MISSING_REFERENCE_WARNING,
+    broken_history,
+    duplicate_revisions,
+    script_error,
+    translate,
+    unknown_revisions,
+    version_locations,
 )
+from .errors import AsyncMigrateError, MultipleHeadsError
 from .sqlite_runner import in_thread, run_in_savepoints
-from .urls import hide_password
 
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import Script, ScriptDirectory
-    from alembic.util import CommandError as AlembicCommandError
 
 T = TypeVar("T")
 
@@ -170,16 +171,30 @@ def load_scripts(config: Config, url: URL | None = None) -> ScriptDirectory:
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError as AlembicCommandError
 
+    script: ScriptDirectory | None = None
     try:
         script = ScriptDirectory.from_config(config)
         before = script_heads.fingerprint_of(script)
-        heads = script.get_heads()  # imports every revision script
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            heads = script.get_heads()  # imports every revision script
+        for warning in seen:
+            if DUPLICATE_WARNING in str(warning.message):
+                revision = str(warning.message).split()[1]
+                raise duplicate_revisions(revision, script_heads.locations_of(script))
+        for warning in seen:  # the scripts' own warnings, as they would have been without us
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
         script_heads.remember_heads(script, heads, before)
         return script
+    except AsyncMigrateError:
+        raise
     except AlembicCommandError as exc:
-        raise translate(exc, url) from None
+        raise translate(exc, url, config) from None
     except Exception as exc:
-        raise script_error(exc) or exc from None
+        locations = script_heads.locations_of(script) if script is not None else None
+        raise broken_history(exc, locations) or script_error(exc) or exc from None
 
 
 def cached_heads(
@@ -209,16 +224,6 @@ def cached_heads(
         except Exception:
             return None  # the full load that follows reports what is wrong
     return script_heads.cached(locations, directory) if locations is not None else None
-
-
-def unknown_revisions(unknown: Sequence[str], heads: Sequence[str]) -> UnknownRevisionError:
-    return UnknownRevisionError(
-        f"The database is at revision {', '.join(unknown)}, which the migration scripts don't know "
-        f"(script heads: {', '.join(heads) or 'none'}). Either a newer release already migrated this "
-        "database (deploy that release), or the script was deleted or not pulled: restore it. If the "
-        "schema really matches a known revision, record that with `stamp --purge <revision>`.",
-        list(unknown),
-    )
 
 
 def check_known(script: ScriptDirectory, current_heads: Sequence[str]) -> None:
@@ -273,40 +278,56 @@ async def run(
 
     async with _alembic_lock():
         try:
-            if sqlite_file is not None:
-                return await in_thread(
-                    lambda: run_in_savepoints(
-                        sqlite_file,
-                        lambda connection, points: _call_on(
-                            call, config, connection, points.revision_done, revision_boundary
-                        ),
-                    )
+            with warnings.catch_warnings():
+                # Alembic warns of a missing revision, then fails: the error below says it, once.
+                warnings.filterwarnings("ignore", message=MISSING_REFERENCE_WARNING)
+                return await _run_unlocked(
+                    call, config, connections, multidb, sqlite_file, revision_boundary
                 )
-            if not connections:
-                return call(config)
-            first = next(iter(connections.values()))
-
-            def on_sync_connection(sync_connection: Connection) -> T:
-                # Inside run_sync's greenlet every connection's sync face can be used.
-                if multidb:
-                    config.attributes["connections"] = {
-                        name: c.sync_connection for name, c in connections.items()
-                    }
-                try:
-                    return _call_on(call, config, sync_connection)
-                finally:
-                    config.attributes.pop("connections", None)
-
-            return await first.run_sync(on_sync_connection)
         except AutogenerateDiffsDetected:
             raise  # check's finding, not a failure: the caller words it
         except AlembicCommandError as exc:
-            raise translate(exc, url) from None
+            raise translate(exc, url, config) from None
         except Exception as exc:
-            loading = script_error(exc)
+            loading = broken_history(exc, version_locations(config)) or script_error(exc)
             if loading is None:
                 raise
             raise loading from None
+
+
+async def _run_unlocked(
+    call: Callable[[Config], T],
+    config: Config,
+    connections: Mapping[str, AsyncConnection] | None,
+    multidb: bool,
+    sqlite_file: URL | None,
+    revision_boundary: RevisionBoundary | None,
+) -> T:
+    if sqlite_file is not None:
+        return await in_thread(
+            lambda: run_in_savepoints(
+                sqlite_file,
+                lambda connection, points: _call_on(
+                    call, config, connection, points.revision_done, revision_boundary
+                ),
+            )
+        )
+    if not connections:
+        return call(config)
+    first = next(iter(connections.values()))
+
+    def on_sync_connection(sync_connection: Connection) -> T:
+        # Inside run_sync's greenlet every connection's sync face can be used.
+        if multidb:
+            config.attributes["connections"] = {
+                name: c.sync_connection for name, c in connections.items()
+            }
+        try:
+            return _call_on(call, config, sync_connection)
+        finally:
+            config.attributes.pop("connections", None)
+
+    return await first.run_sync(on_sync_connection)
 
 
 def _call_on(
@@ -352,64 +373,6 @@ def first_script(result: Any) -> Script | None:
     if isinstance(result, list):
         result = next((s for s in result if s is not None), None)
     return result if isinstance(result, Script) else None
-
-
-# -- Alembic's errors, in our words ------------------------------------------------------------------------------
-
-
-def translate(exc: AlembicCommandError, url: URL | None = None) -> AsyncMigrateError:
-    """Alembic's CommandError as ours, with the fix for the common cases."""
-    message = hide_password(str(exc), url)
-    if "Can't locate revision" in message or "No such revision" in message:
-        return CommandError(
-            f"{message}. Check the revision id (`history` lists them); if the database is at a revision "
-            "whose script is gone, restore the script, or run `stamp --purge <revision>` after checking "
-            "the schema."
-        )
-    if "Multiple head revisions" in message or "multiple heads" in message.lower():
-        return CommandError(
-            f"{message} Merge them with `merge heads -m 'merge'`, or name a revision."
-        )
-    if "Target database is not up to date" in message:
-        return NotUpToDateError(
-            "The database is not at the latest revision, so a new revision cannot be generated "
-            "against it: run `upgrade` first, then `migrate` again."
-        )
-    if "already exists and is not empty" in message:
-        return CommandError(
-            f"{message}: the migrations folder is already set up. Use it as it is, or pass another "
-            "directory with -d."
-        )
-    if "does not provide a MetaData object" in message:
-        return ConfigurationError(
-            "Autogenerate needs the models' MetaData: pass metadata= to Migrator (or db= to Migrate), "
-            "or set target_metadata in env.py."
-        )
-    return CommandError(message)
-
-
-def script_error(exc: BaseException) -> CommandError | None:
-    """A CommandError naming the file and line when ``exc`` came from importing a migration script or
-    env.py (a syntax error, a missing import), rather than from running a revision."""
-    if isinstance(exc, SyntaxError) and exc.filename and exc.filename.endswith(".py"):
-        return CommandError(
-            f"Cannot load {exc.filename}, line {exc.lineno}: {exc.msg}. Fix the script; nothing was applied."
-        )
-    installed = (sys.prefix, sys.base_prefix, str(Path(__file__).parent))
-    user_frames = [
-        frame
-        for frame in traceback.extract_tb(exc.__traceback__)
-        if not frame.filename.startswith(("<", *installed))
-    ]
-    # Only when the innermost frame of the user's code is a module body: an error raised inside a
-    # revision's upgrade() is a failed migration, not a broken script.
-    if user_frames and user_frames[-1].name == "<module>":
-        frame = user_frames[-1]
-        return CommandError(
-            f"Cannot load {frame.filename}, line {frame.lineno}: {type(exc).__name__}: {exc}. "
-            "Fix the script (or the import it needs); nothing was applied."
-        )
-    return None
 
 
 def describe_diff(diff: Any) -> str:

@@ -237,25 +237,38 @@ class Database:
                 await asyncio.sleep(delay)
 
     def describe_cause(self, exc: BaseException) -> str:
-        """The first line of the driver's error inside ``exc``, with the password hidden."""
-        orig = getattr(exc, "orig", None) or exc
-        text = f"{type(orig).__name__}: {orig}".strip().rstrip(":")
-        return hide_password(
-            text.splitlines()[0] if text else type(orig).__name__, self.sqlalchemy_url
+        """The first line of the driver's own error behind ``exc`` (asyncpg's ``DivisionByZeroError``,
+        not the adapter's generic ``Error``), with the password hidden and no final period."""
+        driver = next(
+            (
+                cause
+                for cause in exception_chain(exc)
+                if not type(cause).__module__.startswith(("sqlalchemy", "async_migrate"))
+            ),
+            None,
         )
+        cause = driver or getattr(exc, "orig", None) or exc
+        text = f"{type(cause).__name__}: {cause}".strip().rstrip(":")
+        first = text.splitlines()[0] if text else type(cause).__name__
+        return hide_password(first.rstrip().rstrip("."), self.sqlalchemy_url)
 
     def unreachable(self, exc: BaseException) -> DatabaseUnreachableError:
         """The error for a database that could not be reached: where it was looked for, and why not."""
         url = self.sqlalchemy_url
-        where = (
-            f"file {url.database!r}"
-            if url.get_backend_name() == "sqlite"
-            else f"host {url.host or 'localhost'}, port {url.port or 'default'}, database {url.database!r}"
-        )
+        if url.get_backend_name() == "sqlite":
+            where = f"file {url.database!r}"
+            advice = (
+                "Check that the file's folder exists and that this process may read and write the file "
+                "and its folder."
+            )
+        else:
+            where = f"host {url.host or 'localhost'}, port {url.port or 'default'}, database {url.database!r}"
+            advice = (
+                "Check that the server is running and that the URL (host, port, user, password, "
+                "database name) is right."
+            )
         return DatabaseUnreachableError(
-            f"Could not connect to the database {self.url} ({where}): {self.describe_cause(exc)}. "
-            "Check that the server is running and that the URL (host, port, user, password, database name) "
-            "is right."
+            f"Could not connect to the database {self.url} ({where}): {self.describe_cause(exc)}. {advice}"
         )
 
     async def read_current_heads(self, connection: AsyncConnection) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .database import Database, backoff, cancel_requested, discard
 from .errors import LockNotSupportedError, LockTimeoutError
 from .settings import MigrationSettings
+from .sqlite_runner import sqlite_file_path
 
 log = logging.getLogger("async_migrate")
 
@@ -278,14 +279,11 @@ class SQLiteFileLock(MigrationLock):
     can see, is locked within the process."""
 
     def __init__(self, database: str | None) -> None:
-        self.in_memory = (
-            not database or database == ":memory:" or database.startswith("file::memory:")
-        )
         # Beside the file itself, not beside the path it was reached by: two replicas reaching one file
-        # through a symlink (or a relative and an absolute path) must take one lock.
-        self.path = (
-            None if self.in_memory else Path(f"{Path(str(database)).resolve()}.migrate-lock")
-        )
+        # through a symlink (or a relative and an absolute path, or a file: URI) must take one lock.
+        file = sqlite_file_path(database)
+        self.in_memory = file is None
+        self.path = None if file is None else Path(f"{file}.migrate-lock")
         self.description = (
             "in-process lock for an in-memory SQLite database"
             if self.path is None

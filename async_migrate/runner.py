@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import alembic_bridge
+from .alembic_errors import sentence, unknown_revisions
 from .database import Database, discard
 from .ddl_guard import (
     MYSQL_DIALECTS,
@@ -37,7 +38,6 @@ from .errors import AsyncMigrateError, CommandError, DDLLockTimeoutError, Migrat
 from .progress import AppliedRecorder, Progress
 from .settings import MigrationSettings
 from .sqlite_runner import sqlite_file_url
-from .urls import hide_password
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -46,6 +46,16 @@ if TYPE_CHECKING:
     from .script_heads import Heads
 
 log = logging.getLogger("async_migrate")
+
+# What a driver says when the database, not the revision, is at fault: no script fix helps then.
+_UNWRITABLE = (
+    "readonly database",
+    "read-only",
+    "disk is full",
+    "No space left",
+    "Permission denied",
+    "unable to open database file",
+)
 
 
 class MigrationRun:
@@ -290,7 +300,7 @@ class MigrationRun:
         ran = list(self.recorder.statements)  # before the reads below add their own
         now_at = await self._version_after_failure(connection)
         failed = self._failed_revision(now_at)
-        cause = hide_password(self.database.describe_cause(exc), self.database.sqlalchemy_url)
+        cause = sentence(self.database.describe_cause(exc))
         applied = self.recorder.applied
         done = (
             f" {len(applied)} revision(s) before it were applied and committed: {', '.join(applied)}."
@@ -309,9 +319,16 @@ class MigrationRun:
             rolled_back = (
                 "This database cannot roll back DDL: no statement of the revision had run."
             )
+        again = "downgrade" if self.direction == "downgrade" else "upgrade"
+        fix = (
+            "The database cannot be written here: give this process write access to the database (for "
+            f"SQLite, the file and its folder) or free some space, then run {again} again."
+            if any(sign in cause for sign in _UNWRITABLE)
+            else f"Fix the revision script, then run {again} again."
+        )
         return MigrationFailedError(
             f"Revision {failed or '(unknown)'} failed: {cause}. {rolled_back}{done} The database is now at "
-            f"{', '.join(now_at) or 'base (no revision)'}. Fix the revision script, then run upgrade again.",
+            f"{', '.join(now_at) or 'base (no revision)'}. {fix}",
             failed,
             now_at,
         )
@@ -353,7 +370,7 @@ class UpgradeRun(MigrationRun):
         # A database at a revision no script has is refused at once, not after a turn at the lock.
         unknown = [rev for rev in current if rev not in self.known.revisions]
         if unknown:
-            raise alembic_bridge.unknown_revisions(unknown, self.known.heads)
+            raise unknown_revisions(unknown, self.known.heads)
 
     def check(self, current: tuple[str, ...]) -> None:
         if self.known is not None:

@@ -84,6 +84,24 @@ def _fingerprint(files: list[tuple[int, os.DirEntry[str]]]) -> str:
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
+def headers(locations: Sequence[str]) -> list[tuple[str, dict[str, object]]]:
+    """``(file name, {"revision": ..., "down_revision": ..., "depends_on": ...})`` of each version file,
+    as far as its header lines are plain literals: for naming the scripts in an error message."""
+    found = []
+    for _, entry in _version_files(locations):
+        try:
+            with open(entry.path, encoding="utf-8") as handle:
+                text = handle.read(8192)
+        except (OSError, UnicodeDecodeError):
+            continue
+        values: dict[str, object] = {}
+        for name, value in _HEADER.findall(text):
+            with contextlib.suppress(ValueError, SyntaxError):
+                values.setdefault(name, ast.literal_eval(value))
+        found.append((entry.name, values))
+    return sorted(found)
+
+
 def _from_headers(files: list[tuple[int, os.DirEntry[str]]]) -> Heads | None:
     revisions: set[str] = set()
     parents: set[str] = set()

@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import unquote
 
 from sqlalchemy import create_engine, event, pool
 from sqlalchemy.engine import URL, Connection, Engine
@@ -36,6 +37,19 @@ def sqlite_file_url(url: URL) -> URL | None:
     ):
         return None
     return url.set(drivername="sqlite+pysqlite")
+
+
+def sqlite_file_path(database: str | None) -> Path | None:
+    """The file a SQLite database name stands for (a path, or a ``file:`` URI's path), resolved, so that
+    a symlink or a relative path names the same file; None for an in-memory database."""
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        return None
+    path = database
+    if path.startswith("file:"):
+        path = unquote(path[len("file:") :].split("?", 1)[0])
+        if path.startswith("//"):  # file:///abs/path
+            path = path[2:]
+    return Path(path).resolve()
 
 
 def read_version_table(url: URL, table: str) -> tuple[str, ...] | None:

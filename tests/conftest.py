@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from async_migrate import Migrator
 from async_migrate.locking import mysql_lock_name, postgres_lock_key
+from async_migrate.sqlite_runner import sqlite_file_path
 
 PG_SERVER = os.environ.get("ASYNC_MIGRATE_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432")
 MYSQL_SERVER = os.environ.get("ASYNC_MIGRATE_TEST_MYSQL", "mysql+asyncmy://root@127.0.0.1:3306")
@@ -342,7 +343,7 @@ def expected_log(n: int) -> list[tuple[object, ...]]:
 
 
 def sqlite_lock_path(url: str) -> Path:
-    return Path(f"{Path(str(make_url(url).database)).resolve()}.migrate-lock")
+    return Path(f"{sqlite_file_path(make_url(url).database)}.migrate-lock")
 
 
 def advisory_holders_sql(key: int) -> str:

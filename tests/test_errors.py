@@ -321,3 +321,182 @@ def test_lock_timeout_names_the_holder(pg_url: str, tmp_path: Path) -> None:
     assert_clean_failure(result, "Gave up after waiting")
     assert f"pid {pid}" in result.stderr and "stuck-deploy" in result.stderr
     assert "account" not in tables(pg_url)
+
+
+# -- a broken history, a broken version table, a database that cannot be written ---------------------------
+
+
+def _rev(directory: Path, rev: str, down: object, body: str = "    pass\n", depends: object = None) -> None:
+    (directory / "versions" / f"{rev}_x.py").write_text(
+        f"revision = {rev!r}\ndown_revision = {down!r}\nbranch_labels = None\n"
+        f"depends_on = {depends!r}\nfrom alembic import op\nimport sqlalchemy as sa\n"
+        f"def upgrade():\n{body}def downgrade():\n    pass\n"
+    )
+
+
+def _version_rows(db: Path, *rows: str) -> None:
+    import sqlite3
+
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+        connection.executemany("INSERT INTO alembic_version VALUES (?)", [(r,) for r in rows])
+
+
+def _dangling(d: Path, db: Path) -> None:
+    _rev(d, "r01", "nope")
+
+
+def _dangling_dependency(d: Path, db: Path) -> None:
+    _rev(d, "r01", None, depends="nope")
+
+
+def _cycle(d: Path, db: Path) -> None:
+    _rev(d, "r01", "r02")
+    _rev(d, "r02", "r01")
+
+
+def _duplicate(d: Path, db: Path) -> None:
+    _rev(d, "r01", None)
+    (d / "versions" / "r01_copy.py").write_text((d / "versions" / "r01_x.py").read_text())
+
+
+def _prefix(d: Path, db: Path) -> None:
+    _rev(d, "abcd1111", None)
+    _rev(d, "abcd2222", "abcd1111")
+
+
+def _one_branch_twice(d: Path, db: Path) -> None:
+    _rev(d, "r01", None)
+    _rev(d, "r02", "r01")
+    _rev(d, "r03", "r02")
+    _version_rows(db, "r01", "r03")
+
+
+def _empty_row(d: Path, db: Path) -> None:
+    _rev(d, "r01", None)
+    _version_rows(db, "")
+
+
+def _period(d: Path, db: Path) -> None:
+    _rev(d, "r01", None, "    raise RuntimeError('no context.')\n")
+
+
+def _flask_env(d: Path, db: Path) -> None:
+    _rev(d, "r01", None)
+    (d / "env.py").write_text(
+        "import logging\nfrom flask import current_app\nfrom alembic import context\n"
+        "config = context.config\n"
+        "config.set_main_option('sqlalchemy.url', str(current_app.extensions['migrate'].db.engine.url))\n"
+    )
+
+
+BROKEN = {
+    "dangling down_revision": (_dangling, "head", ["r01_x.py names 'nope'", "no script has that revision id"]),
+    "dangling depends_on": (_dangling_dependency, "head", ["r01_x.py names 'nope'", "depends_on"]),
+    "cycle": (_cycle, "head", ["Revisions r01, r02 form a cycle"]),
+    "duplicate id": (_duplicate, "head", ["Several scripts have the revision id 'r01'", "r01_copy.py"]),
+    "ambiguous prefix": (_prefix, "abcd", ["'abcd' is the start of several revision ids (abcd1111, abcd2222)"]),
+    "one branch twice": (_one_branch_twice, "head", ["two revisions of one line of history", "stamp --purge"]),
+    "empty version row": (_empty_row, "head", ["'' (an empty version_num)", "delete that row"]),
+    "doubled period": (_period, "head", ["no context. Its transaction"]),
+    "Flask-Migrate env.py": (_flask_env, "head", ["is Flask-Migrate's env.py", "quart db init"]),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=list(BROKEN))
+def test_a_broken_history_or_version_table_is_one_clear_paragraph(case: str, tmp_path: Path) -> None:
+    import asyncio
+    import warnings
+
+    from async_migrate import AsyncMigrateError, Migrator
+
+    setup, target, phrases = BROKEN[case]
+    db, directory = tmp_path / "app.db", tmp_path / "migrations"
+    url = f"sqlite+aiosqlite:///{db}"
+
+    async def attempt() -> AsyncMigrateError:
+        async with Migrator(url, None, directory, stdout=None) as migrator:
+            await migrator.init()
+            setup(directory, db)
+            with pytest.raises(AsyncMigrateError) as error:
+                await migrator.upgrade(target)
+            return error.value
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning of Alembic's beside the error
+        error = asyncio.run(attempt())
+    message = str(error)
+    for phrase in phrases:
+        assert phrase in message, message
+    assert ".." not in message and "\n" not in message and "KeyError" not in message, message
+    assert "restore the script" not in message or case == "empty version row", message
+    assert query(url, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'alembic%'") == [(0,)]
+
+
+def test_a_broken_history_through_the_cli(project: Project) -> None:
+    project.db("init")
+    for setup, phrase in (
+        (_dangling, "no script has that revision id"),
+        (_cycle, "form a cycle"),
+        (_duplicate, "Several scripts have the revision id"),
+    ):
+        for old in (project.path / "migrations" / "versions").glob("*.py"):
+            old.unlink()
+        setup(project.path / "migrations", Path(""))
+        for args in (["upgrade"], ["heads"], ["history"]):
+            result = project.quart("db", *args)
+            assert_clean_failure(result, phrase)
+            assert "Warning" not in result.stderr, result.stderr
+
+
+def test_sqlite_that_cannot_be_written_is_not_a_script_to_fix(tmp_path: Path) -> None:
+    import asyncio
+    import sqlite3
+
+    from async_migrate import DatabaseUnreachableError, MigrationFailedError, Migrator
+
+    db, directory = tmp_path / "app.db", tmp_path / "migrations"
+    sqlite3.connect(db).close()
+
+    async def run_all() -> None:
+        async with Migrator(f"sqlite+aiosqlite:///{db}", None, directory, stdout=None) as migrator:
+            await migrator.init()
+        _rev(directory, "r01", None, "    op.create_table('t', sa.Column('id', sa.Integer, primary_key=True))\n")
+        read_only = f"sqlite+aiosqlite:///file:{db}?mode=ro&uri=true"
+        async with Migrator(read_only, None, directory, stdout=None) as migrator:
+            with pytest.raises(MigrationFailedError) as failed:
+                await migrator.upgrade()
+        message = str(failed.value)
+        assert "readonly database" in message and "cannot be written here" in message, message
+        assert "Fix the revision script" not in message
+        # A file: URI is one file, with its lock beside it.
+        async with Migrator(f"sqlite+aiosqlite:///file:{db}?uri=true", None, directory, stdout=None) as m:
+            assert await m.upgrade() == ("r01",)
+        assert (tmp_path / "app.db.migrate-lock").exists()
+        missing = f"sqlite+aiosqlite:///{tmp_path / 'no' / 'such' / 'app.db'}"
+        async with Migrator(missing, None, directory, stdout=None) as migrator:
+            with pytest.raises(DatabaseUnreachableError) as unreachable:
+                await migrator.current()
+        assert "folder exists" in str(unreachable.value)
+        assert "server is running" not in str(unreachable.value)
+
+    asyncio.run(run_all())
+
+
+def test_postgresql_errors_are_named_by_postgresql(pg_url: str, tmp_path: Path) -> None:
+    import asyncio
+
+    from async_migrate import MigrationFailedError, Migrator
+
+    directory = tmp_path / "migrations"
+
+    async def run_all() -> str:
+        async with Migrator(pg_url, None, directory, stdout=None) as migrator:
+            await migrator.init()
+            _rev(directory, "r01", None, "    op.execute('SELECT 1/0')\n")
+            with pytest.raises(MigrationFailedError) as failed:
+                await migrator.upgrade()
+            return str(failed.value)
+
+    message = asyncio.run(run_all())
+    assert "DivisionByZeroError: division by zero" in message, message
