@@ -36,6 +36,15 @@ def assert_clean_failure(result: object, phrase: str) -> None:
     assert phrase in README, f"README's 'When it goes wrong' table lacks {phrase!r}"
 
 
+def use_config_uri_app(project: Project) -> None:
+    """The project's app takes its database URL from SQLALCHEMY_DATABASE_URI (so async_migrate parses it)."""
+    (project.path / "app.py").write_text(
+        "import os\nfrom quart import Quart\nfrom async_migrate import Migrate\nfrom models import Base\n"
+        "app = Quart(__name__)\napp.config['SQLALCHEMY_DATABASE_URI'] = os.environ['DATABASE_URL']\n"
+        "Migrate(app, Base)\n"
+    )
+
+
 def write_revision(project: Project, rev: str, down: str | None, body: str) -> None:
     (project.path / "migrations" / "versions" / f"{rev}_x.py").write_text(
         f"revision = {rev!r}\ndown_revision = {down!r}\nbranch_labels = None\ndepends_on = None\n"
@@ -141,11 +150,7 @@ def test_init_twice_migrate_behind_downgrade_below_base(project: Project) -> Non
 
 
 def test_sync_driver_url(project: Project) -> None:
-    (project.path / "app.py").write_text(
-        "import os\nfrom quart import Quart\nfrom async_migrate import Migrate\nfrom models import Base\n"
-        "app = Quart(__name__)\napp.config['SQLALCHEMY_DATABASE_URI'] = os.environ['DATABASE_URL']\n"
-        "Migrate(app, Base)\n"
-    )
+    use_config_uri_app(project)
     project.db("init")
     project.url = project.url.replace("+aiosqlite", "").replace("+asyncpg", "")
     result = project.quart("db", "current")
@@ -158,11 +163,7 @@ def test_driver_not_installed(project: Project) -> None:
     pytest.importorskip("sqlalchemy.dialects.mysql.aiomysql")
     if importlib.util.find_spec("aiomysql") is not None:
         pytest.skip("aiomysql is installed here")
-    (project.path / "app.py").write_text(
-        "import os\nfrom quart import Quart\nfrom async_migrate import Migrate\nfrom models import Base\n"
-        "app = Quart(__name__)\napp.config['SQLALCHEMY_DATABASE_URI'] = os.environ['DATABASE_URL']\n"
-        "Migrate(app, Base)\n"
-    )
+    use_config_uri_app(project)
     project.db("init")
     project.url = f"mysql+aiomysql://root:{SECRET}@127.0.0.1/test"
     result = project.quart("db", "upgrade")
@@ -209,11 +210,7 @@ def test_a_malformed_url_never_shows_any_of_its_password(url: str) -> None:
 
 
 def test_a_malformed_url_from_the_app_config_is_one_clean_paragraph(project: Project) -> None:
-    (project.path / "app.py").write_text(
-        "import os\nfrom quart import Quart\nfrom async_migrate import Migrate\nfrom models import Base\n"
-        "app = Quart(__name__)\napp.config['SQLALCHEMY_DATABASE_URI'] = os.environ['DATABASE_URL']\n"
-        "Migrate(app, Base)\n"
-    )
+    use_config_uri_app(project)
     project.db("init")
     for url in MALFORMED:
         project.url = url
