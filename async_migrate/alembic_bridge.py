@@ -217,12 +217,8 @@ def cached_heads(
     ):
         locations: list[str] | None = [str(Path(directory) / "versions")]
     else:
-        from alembic.script import ScriptDirectory
-
-        try:
-            locations = script_heads.locations_of(ScriptDirectory.from_config(make()))
-        except Exception:
-            return None  # the full load that follows reports what is wrong
+        # None when Alembic cannot read the setup: the full load that follows says what is wrong.
+        locations = version_locations(make())
     return script_heads.cached(locations, directory) if locations is not None else None
 
 

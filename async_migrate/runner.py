@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import alembic_bridge
-from .alembic_errors import sentence, unknown_revisions
+from .alembic_errors import unknown_revisions
 from .database import Database, discard
 from .ddl_guard import (
     MYSQL_DIALECTS,
@@ -300,7 +300,7 @@ class MigrationRun:
         ran = list(self.recorder.statements)  # before the reads below add their own
         now_at = await self._version_after_failure(connection)
         failed = self._failed_revision(now_at)
-        cause = sentence(self.database.describe_cause(exc))
+        cause = self.database.describe_cause(exc)  # its final period left off
         applied = self.recorder.applied
         done = (
             f" {len(applied)} revision(s) before it were applied and committed: {', '.join(applied)}."
