@@ -20,6 +20,7 @@ from .errors import (
     ModelsDifferError,
     MultipleHeadsError,
     NotUpToDateError,
+    TransactionPoolerError,
     UnknownRevisionError,
     UnreviewedWarningsError,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "ModelsDifferError",
     "MultipleHeadsError",
     "NotUpToDateError",
+    "TransactionPoolerError",
     "UnknownRevisionError",
     "UnreviewedWarningsError",
     "branches",

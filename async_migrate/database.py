@@ -22,7 +22,15 @@ from sqlalchemy.exc import DBAPIError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from . import asyncpg_simple_query
-from .errors import ConfigurationError, DatabaseUnreachableError, exception_chain, sqlstate
+from .errors import (
+    TRANSACTION_POOLER_ADVICE,
+    ConfigurationError,
+    DatabaseUnreachableError,
+    TransactionPoolerError,
+    exception_chain,
+    looks_like_transaction_pooler,
+    sqlstate,
+)
 from .sqlite_runner import read_version_table, sqlite_file_url
 from .urls import async_url, hide_password, render_url
 
@@ -218,6 +226,13 @@ class Database:
                     f"Cannot connect to {self.url}: {hide_password(str(exc), self.sqlalchemy_url)}"
                 ) from None
             except (DBAPIError, OSError, TimeoutError) as exc:
+                if looks_like_transaction_pooler(exc):
+                    raise TransactionPoolerError(
+                        f"Connecting to {self.url} failed with {self.describe_cause(exc)}: another "
+                        "client's session was handed to this connection, which a transaction pooler "
+                        "(PgBouncer in pool_mode = transaction, or alike) does. Nothing was migrated. "
+                        + TRANSACTION_POOLER_ADVICE
+                    ) from None
                 remaining = deadline - time.monotonic()
                 if not is_transient(exc) or remaining <= 0:
                     if self.engine.dialect.name == "sqlite":

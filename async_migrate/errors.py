@@ -83,6 +83,30 @@ class LockNotSupportedError(LockError, ConfigurationError):
     """Locking was asked for on a database for which async_migrate has no lock."""
 
 
+class TransactionPoolerError(LockError, ConfigurationError):
+    """The database URL reaches PostgreSQL through a transaction pooler (PgBouncer in ``pool_mode =
+    transaction``, or alike): a session lock cannot keep other migrators out there, so nothing was run."""
+
+
+#: What to do when the URL goes through a transaction pooler; said by every error that detects one.
+TRANSACTION_POOLER_ADVICE = (
+    "Migrate through a direct connection to the PostgreSQL server, or a pooler in session mode: give "
+    "Migrator (or Migrate's engine=) an engine or URL for it, and keep the pooled one for the app's "
+    "queries (docs/deploying.md, 'PgBouncer and other poolers')."
+)
+
+# SQLSTATEs of asyncpg's prepared statements meeting another client's on a shared server session.
+_SHARED_SESSION_SQLSTATES = {"42P05", "26000"}
+
+
+def looks_like_transaction_pooler(exc: BaseException) -> bool:
+    """Whether ``exc`` is what asyncpg hits when another client's session is handed to it: its prepared
+    statement names already exist there (or its own went away)."""
+    return sqlstate(exc) in _SHARED_SESSION_SQLSTATES and any(
+        "prepared statement" in str(cause) for cause in exception_chain(exc)
+    )
+
+
 class DDLLockTimeoutError(MigrationFailedError):
     """A revision could not get its table locks within ``ddl_lock_timeout`` on any of its attempts."""
 

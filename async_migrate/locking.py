@@ -18,14 +18,21 @@ import socket
 import struct
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Protocol
 
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .database import Database, backoff, cancel_requested, discard
-from .errors import LockNotSupportedError, LockTimeoutError
+from .errors import (
+    TRANSACTION_POOLER_ADVICE,
+    LockNotSupportedError,
+    LockTimeoutError,
+    TransactionPoolerError,
+)
 from .settings import MigrationSettings
 from .sqlite_runner import sqlite_file_path
 
@@ -84,6 +91,10 @@ class PostgresAdvisoryLock(MigrationLock):
         self.description = f"PostgreSQL advisory lock for version table {version_table!r}"
         self._key: int | None = None
         self._client_check_set = False
+        self._sharing_checked = False
+        # The server session holding the lock, while this migrator holds it.
+        self._session: int | None = None
+        self._watched: tuple[object, Callable[[Connection], None]] | None = None
 
     async def key(self, connection: AsyncConnection) -> int:
         if self._key is None:
@@ -100,11 +111,39 @@ class PostgresAdvisoryLock(MigrationLock):
 
     async def try_acquire(self, connection: AsyncConnection) -> bool:
         key = await self.key(connection)
+        own = await _backend_pid(connection)
+        if not self._sharing_checked:
+            await self._refuse_shared_session(connection, own)
+            self._sharing_checked = True
+        # One transaction, so one server session: who holds the key there already, then the try.
+        already, pid = (
+            await connection.execute(
+                text(
+                    "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND pid = pg_backend_pid() AND objsubid = 1 AND classid::bigint = :classid "
+                    "AND objid::bigint = :objid), pg_backend_pid()"
+                ),
+                _key_parts(key),
+            )
+        ).one()
+        if already:
+            # A session that holds the lock before it was asked for is another client's, handed over.
+            await connection.rollback()
+            raise self._pooled(
+                f"server session {pid} already held the lock when this connection got it"
+            )
         got = bool(
             (
                 await connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key})
             ).scalar()
         )
+        if pid != own:
+            # Handed another server session between two transactions: if the lock was taken there,
+            # it is not this migrator's to keep. Unlock in this same session, then refuse.
+            if got:
+                await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            await connection.commit()
+            raise self._pooled(f"server session {own} became {pid} between two transactions")
         if got:
             version = (await connection.execute(text("SHOW server_version_num"))).scalar()
             if int(str(version)) >= 140000:
@@ -113,26 +152,120 @@ class PostgresAdvisoryLock(MigrationLock):
                 )
                 self._client_check_set = True
         await connection.commit()
+        if got:
+            self._session = own
+            self._watch_sessions(connection, own)
         return got
 
+    def _watch_sessions(self, connection: AsyncConnection, own: int) -> None:
+        """From now on every transaction of ``connection`` first checks that it still runs on server
+        session ``own``, the lock's: one that does not is refused before it changes anything."""
+
+        def check(sync_connection: Connection) -> None:
+            pid = sync_connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            if pid != own:
+                raise TransactionPoolerError(
+                    "The database URL goes through a transaction pooler (PgBouncer in pool_mode = "
+                    f"transaction, or alike): a transaction of the migration ran on server session {pid}, "
+                    f"not on session {own}, which holds the {self.description}. This transaction was "
+                    "refused before it changed anything; the revisions applied before it are committed "
+                    f"and recorded. The lock is being given back on session {own}. "
+                    f"{TRANSACTION_POOLER_ADVICE}"
+                )
+
+        self._watched = (connection.sync_connection, check)
+        event.listen(connection.sync_connection, "begin", check)
+
+    def _unwatch_sessions(self) -> None:
+        if self._watched is not None:
+            target, check = self._watched
+            self._watched = None
+            if event.contains(target, "begin", check):
+                event.remove(target, "begin", check)
+
+    async def _refuse_shared_session(self, connection: AsyncConnection, own: int) -> None:
+        """:class:`TransactionPoolerError` if another client is handed ``connection``'s server session
+        (backend pid ``own``), before any lock or setting is taken.
+
+        A transaction pooler gives each transaction whichever server session is free: with PgBouncer's
+        default (last used, first reused) a second client gets the session the first one just let go, and
+        with round robin one client's consecutive transactions get different ones (which
+        :meth:`try_acquire` sees). A direct connection or a session pooler never shares a session.
+        """
+        async with connection.engine.connect() as other:
+            others = await _backend_pid(other)
+        if others == own:
+            raise self._pooled(
+                f"another connection was handed this connection's server session {own}"
+            )
+
+    async def _unlock_on(self, connection: AsyncConnection, session: int, key: int) -> bool:
+        """Unlock on server session ``session``, where the lock was taken. On a direct connection the
+        first transaction is there; behind a pooler that moved this connection away, the lock is undone
+        in whichever transaction lands there again, else that session is ended if it is idle (the pooler
+        then drops it, and no client's transaction is cut). True when this connection undid it itself."""
+        for _ in range(_UNLOCK_TRIES):
+            pid, released = (
+                await connection.execute(
+                    text(
+                        "SELECT pg_backend_pid(), CASE WHEN pg_backend_pid() = :session "
+                        "THEN pg_advisory_unlock(:key) END"
+                    ),
+                    {"session": session, "key": key},
+                )
+            ).one()
+            if pid == session and self._client_check_set:
+                await connection.execute(text("RESET client_connection_check_interval"))
+                self._client_check_set = False
+            await connection.commit()
+            if pid == session:
+                return bool(released)
+        ended = (
+            await connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE pid = :session AND state = 'idle'"
+                ),
+                {"session": session},
+            )
+        ).scalar()
+        await connection.commit()
+        log.warning(
+            "Ended idle server session %s, which held the %s"
+            if ended
+            else "The %s stays with server session %s until the pooler closes it (on a direct "
+            "connection: SELECT pg_terminate_backend(%s))",
+            *((session, self.description) if ended else (self.description, session, session)),
+        )
+        return False
+
+    def _pooled(self, seen: str) -> TransactionPoolerError:
+        return TransactionPoolerError(
+            "The database URL goes through a transaction pooler (PgBouncer in pool_mode = transaction, or "
+            f"alike): {seen}. There the {self.description} would not keep other migrators out, so nothing "
+            f"was migrated and no lock or setting was left behind. {TRANSACTION_POOLER_ADVICE}"
+        )
+
     async def release(self, connection: AsyncConnection) -> None:
+        self._unwatch_sessions()
         # A failed migration leaves the transaction aborted; an unlock inside it would fail too.
         await connection.rollback()
         key = await self.key(connection)
-        released = (
-            await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-        ).scalar()
-        if self._client_check_set:
-            await connection.execute(text("RESET client_connection_check_interval"))
-            self._client_check_set = False
-        await connection.commit()
+        session, self._session = self._session, None
+        if session is None:
+            released = (
+                await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            ).scalar()
+            await connection.commit()
+        else:
+            released = await self._unlock_on(connection, session, key)
         if not released:
             # The lock was not ours any more: never hand a connection in an unknown lock state back
             # to the pool.
             await connection.invalidate()
 
     async def describe_holder(self, connection: AsyncConnection, remedy: bool = True) -> str | None:
-        key = await self.key(connection) & 0xFFFFFFFFFFFFFFFF
+        key = await self.key(connection)
         row = (
             await connection.execute(
                 text(
@@ -144,7 +277,7 @@ class PostgresAdvisoryLock(MigrationLock):
                     "AND l.classid::bigint = :classid AND l.objid::bigint = :objid "
                     "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
                 ),
-                {"classid": key >> 32, "objid": key & 0xFFFFFFFF},
+                _key_parts(key),
             )
         ).first()
         await connection.rollback()
@@ -157,6 +290,23 @@ class PostgresAdvisoryLock(MigrationLock):
             f"current statement running {query_for or 0:.0f}s: {query!r})"
             + (f"; to stop it: SELECT pg_terminate_backend({pid})" if remedy else "")
         )
+
+
+# Transactions tried for landing on the session a pooler left the lock on, before ending that session.
+_UNLOCK_TRIES = 20
+
+
+def _key_parts(key: int) -> dict[str, int]:
+    """A 64-bit advisory key as ``pg_locks`` shows it: two unsigned 32-bit halves."""
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    return {"classid": unsigned >> 32, "objid": unsigned & 0xFFFFFFFF}
+
+
+async def _backend_pid(connection: AsyncConnection) -> int:
+    """The PostgreSQL server session behind ``connection``'s next transaction (which this one ends)."""
+    pid = int((await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+    await connection.commit()
+    return pid
 
 
 #: MySQL and MariaDB refuse ``GET_LOCK`` names longer than this.
