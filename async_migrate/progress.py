@@ -59,6 +59,7 @@ class AppliedRecorder:
         self.statements: list[str] = []
         self._on_revision: Callable[[], None] | None = None
         self._watched: Connection | None = None
+        self._autocommit_only = False
         self._started = self._mark = time.monotonic()
 
     @contextlib.contextmanager
@@ -72,9 +73,13 @@ class AppliedRecorder:
             self._on_revision = None
 
     @contextlib.contextmanager
-    def watching_statements(self, connection: Connection) -> Iterator[None]:
-        """Remember the changing statements run on ``connection`` while in this block. (A listener costs
-        every statement some CPU: only where DDL commits as it runs.)"""
+    def watching_statements(
+        self, connection: Connection, autocommit_only: bool = False
+    ) -> Iterator[None]:
+        """Remember the changing statements run on ``connection`` while in this block: all of them where
+        DDL commits as it runs, else (``autocommit_only``) those of an ``autocommit_block()``, which a
+        rollback does not undo either."""
+        self._autocommit_only = autocommit_only
         event.listen(connection, "after_cursor_execute", self._statement_ran)
         try:
             yield
@@ -82,6 +87,11 @@ class AppliedRecorder:
             event.remove(connection, "after_cursor_execute", self._statement_ran)
 
     def _statement_ran(self, conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
+        if (
+            self._autocommit_only
+            and conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT"
+        ):
+            return
         words = " ".join(statement.split())
         if words.upper().startswith(_CHANGING_STATEMENTS):  # not the reads (SELECT, DESCRIBE, SHOW)
             self.statements.append(words[:120] + ("..." if len(words) > 120 else ""))

@@ -141,14 +141,12 @@ class MigrationRun:
             except Exception:
                 self.recorder.total = None  # Alembic will say what is wrong with the target
         sync_connection = connection.sync_connection
-        # Where DDL commits as it runs, remember what a failing revision already did.
-        watch = sync_connection is not None and connection.dialect.name not in (
-            "postgresql",
-            "sqlite",
-        )
+        # Remember what a failing revision did that its rollback cannot undo: every statement where DDL
+        # commits as it runs, those of an autocommit_block() elsewhere.
+        transactional = connection.dialect.name in ("postgresql", "sqlite")
         with (
-            self.recorder.watching_statements(sync_connection)  # type: ignore[arg-type]
-            if watch
+            self.recorder.watching_statements(sync_connection, autocommit_only=transactional)
+            if sync_connection is not None
             else contextlib.nullcontext()
         ):
             await self._migrate(connection)
@@ -307,19 +305,25 @@ class MigrationRun:
             if applied
             else ""
         )
-        if transactional:
+        again = "downgrade" if self.direction == "downgrade" else "upgrade"
+        if transactional and ran:
+            rolled_back = (
+                "Its transaction was rolled back, but these statements of its autocommit_block() had "
+                f"committed as they ran and stay applied: {'; '.join(ran[-10:])}. Undo them (or finish the "
+                f"revision by hand and `stamp` it) before running {again} again."
+            )
+        elif transactional:
             rolled_back = "Its transaction was rolled back, so none of its changes were applied."
         elif ran:
             rolled_back = (
                 "This database cannot roll back DDL, and these statements of the revision ran and stay "
                 f"applied: {'; '.join(ran[-10:])}. Undo them (or finish the revision by hand and `stamp` it) before "
-                "running upgrade again."
+                f"running {again} again."
             )
         else:
             rolled_back = (
                 "This database cannot roll back DDL: no statement of the revision had run."
             )
-        again = "downgrade" if self.direction == "downgrade" else "upgrade"
         fix = (
             "The database cannot be written here: give this process write access to the database (for "
             f"SQLite, the file and its folder) or free some space, then run {again} again."

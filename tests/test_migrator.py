@@ -129,6 +129,39 @@ async def test_failed_revision_is_rolled_back_alone(db_url: str, tmp_path: Path)
     assert await run_query(db_url, "SELECT version_num FROM alembic_version") == [("r1",)]
 
 
+@pytest.mark.parametrize("direction", ["upgrade", "downgrade"])
+async def test_failed_revision_names_what_its_autocommit_block_left(
+    pg_url: str, tmp_path: Path, direction: str
+) -> None:
+    """A rollback does not undo an autocommit_block(): the error lists its statements, which stayed, and
+    says to undo them before running the same command again."""
+    directory = tmp_path / "migrations"
+    blocks = (
+        "    with op.get_context().autocommit_block():\n"
+        "        op.execute('CREATE TABLE stayed_a (id int)')\n"
+        "        op.execute('CREATE TABLE stayed_b (id int)')\n"
+        "    op.execute('INSERT INTO no_such_table VALUES (1)')\n"
+    )
+    up, down = (blocks, "    pass\n") if direction == "upgrade" else ("    pass\n", blocks)
+    async with Migrator(pg_url, None, directory, stdout=None) as migrator:
+        await migrator.init()
+        (directory / "versions" / "r1_blocks.py").write_text(
+            'revision = "r1"\ndown_revision = None\nbranch_labels = None\ndepends_on = None\n'
+            f"from alembic import op\ndef upgrade():\n{up}def downgrade():\n{down}"
+        )
+        if direction == "downgrade":
+            await migrator.upgrade()
+        with pytest.raises(MigrationFailedError) as failed:
+            await (migrator.upgrade() if direction == "upgrade" else migrator.downgrade("base"))
+    message = str(failed.value)
+    assert "CREATE TABLE stayed_a (id int); CREATE TABLE stayed_b (id int)" in message
+    assert "stay applied" in message and f"before running {direction} again" in message
+    assert "none of its changes were applied" not in message
+    assert {"stayed_a", "stayed_b"} <= set(await inspect_tables(pg_url))
+    expected = [] if direction == "upgrade" else [("r1",)]
+    assert await run_query(pg_url, "SELECT version_num FROM alembic_version") == expected
+
+
 async def test_migrate_refuses_when_database_is_behind(sqlite_url: str, tmp_path: Path) -> None:
     async with Migrator(sqlite_url, account_metadata(), tmp_path / "m", stdout=None) as migrator:
         await migrator.init()
