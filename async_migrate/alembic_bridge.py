@@ -301,11 +301,12 @@ async def _run_unlocked(
 ) -> T:
     if sqlite_file is not None:
         return await in_thread(
-            lambda: run_in_savepoints(
+            lambda stop: run_in_savepoints(
                 sqlite_file,
                 lambda connection, points: _call_on(
                     call, config, connection, points.revision_done, revision_boundary
                 ),
+                stop,
             )
         )
     if not connections:

@@ -27,7 +27,8 @@ from .autogenerate import (
     report_review,
 )
 from .errors import CommandError, ConfigurationError, DatabaseUnreachableError
-from .locking import lock_for, run_locked
+from .locking import run_locked
+from .locks import lock_for
 from .migrator_base import MigratorBase
 from .runner import DowngradeRun, StampRun, UpgradeRun
 

@@ -37,7 +37,7 @@ from .ddl_guard import (
 from .errors import AsyncMigrateError, CommandError, DDLLockTimeoutError, MigrationFailedError
 from .progress import AppliedRecorder, Progress
 from .settings import MigrationSettings
-from .sqlite_runner import sqlite_file_url
+from .sqlite_runner import read_version_table, sqlite_file_url
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -178,13 +178,26 @@ class MigrationRun:
             return
         try:
             if sqlite_file is not None:
-                await alembic_bridge.run(
-                    self._call,
-                    self.config,
-                    url=self.database.sqlalchemy_url,
-                    sqlite_file=sqlite_file,
-                    revision_boundary=self.recorder.revision_boundary,
-                )
+                try:
+                    await alembic_bridge.run(
+                        self._call,
+                        self.config,
+                        url=self.database.sqlalchemy_url,
+                        sqlite_file=sqlite_file,
+                        revision_boundary=self.recorder.revision_boundary,
+                    )
+                except asyncio.CancelledError:
+                    now_at = read_version_table(sqlite_file, self.database.version_table)
+                    log.warning(
+                        "Interrupted: stopped at a revision boundary after %d revision(s) (%s); the "
+                        "database %s is at %s. Run %s again to go on.",
+                        len(self.recorder.applied),
+                        ", ".join(self.recorder.applied) or "none",
+                        self.database.url,
+                        ", ".join(now_at or ()) or "base (no revision)",
+                        "downgrade" if self.direction == "downgrade" else "upgrade",
+                    )
+                    raise
             else:
                 await self._run_alembic(connection)
         except AsyncMigrateError:

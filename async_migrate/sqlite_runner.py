@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -93,8 +94,9 @@ class RevisionSavepoints:
 
     NAME = "async_migrate_revision"
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, stop: threading.Event | None = None) -> None:
         self.connection = connection
+        self.stop = stop
         self.outer = connection.begin()
         self._driver = connection.connection.driver_connection
         self._run(f"SAVEPOINT {self.NAME}")
@@ -105,6 +107,9 @@ class RevisionSavepoints:
     def revision_done(self) -> None:
         self._run(f"RELEASE SAVEPOINT {self.NAME}")
         self._run(f"SAVEPOINT {self.NAME}")
+        if self.stop is not None and self.stop.is_set():
+            # The caller was cancelled: keep the revisions done, start no other.
+            raise StoppedAtRevisionBoundary()
 
     def finish(self, failed: bool) -> None:
         if failed:
@@ -113,12 +118,21 @@ class RevisionSavepoints:
         self.outer.commit()
 
 
-def run_in_savepoints(url: URL, work: Callable[[Connection, RevisionSavepoints], T]) -> T:
-    """Run ``work`` on a new connection to the file, in one transaction with a savepoint per revision."""
+class StoppedAtRevisionBoundary(Exception):
+    """Raised between two revisions in the worker thread once the awaiting task was cancelled."""
+
+
+def run_in_savepoints(
+    url: URL,
+    work: Callable[[Connection, RevisionSavepoints], T],
+    stop: threading.Event | None = None,
+) -> T:
+    """Run ``work`` on a new connection to the file, in one transaction with a savepoint per revision;
+    once ``stop`` is set, the revisions done so far are committed and no further one is started."""
     engine = _engine(url)
     try:
         with engine.connect() as connection:
-            savepoints = RevisionSavepoints(connection)
+            savepoints = RevisionSavepoints(connection, stop)
             try:
                 result = work(connection, savepoints)
             except BaseException:
@@ -131,12 +145,17 @@ def run_in_savepoints(url: URL, work: Callable[[Connection, RevisionSavepoints],
         engine.dispose()
 
 
-async def in_thread(function: Callable[[], T]) -> T:
-    """``function()`` in a worker thread. Cancelling the caller waits for it to finish first: the migration
-    lock must not be released while the thread still migrates."""
-    task = asyncio.ensure_future(asyncio.to_thread(function))
+async def in_thread(function: Callable[[threading.Event], T]) -> T:
+    """``function(stop)`` in a worker thread. Cancelling the caller sets ``stop`` (the function ends at its
+    next safe point: the next revision boundary) and waits for the thread first: the migration lock must
+    not be released while the thread still migrates."""
+    stop = threading.Event()
+    task = asyncio.ensure_future(asyncio.to_thread(function, stop))
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
+        stop.set()
         await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # retrieved: the thread's StoppedAtRevisionBoundary is expected here
         raise

@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from async_migrate import Migrator
-from async_migrate.locking import mysql_lock_name, postgres_lock_key
+from async_migrate.locks import mysql_lock_name, postgres_lock_key
 from async_migrate.sqlite_runner import sqlite_file_path
 
 PG_SERVER = os.environ.get("ASYNC_MIGRATE_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432")

@@ -288,7 +288,7 @@ def test_lock_timeout_names_the_holder(pg_url: str, tmp_path: Path) -> None:
 
     import asyncpg
 
-    from async_migrate.locking import postgres_lock_key
+    from async_migrate.locks import postgres_lock_key
 
     from conftest import APP, MODELS_V1
 

@@ -29,7 +29,8 @@ from async_migrate import (
     MigrationFailedError,
     Migrator,
 )
-from async_migrate.locking import MySQLNamedLock, lock_for, mysql_lock_name, try_lock
+from async_migrate.locking import try_lock
+from async_migrate.locks import MySQLNamedLock, lock_for, mysql_lock_name
 
 from conftest import (
     LOG_COUNTS,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import io
 import subprocess
 import sys
@@ -21,7 +23,18 @@ from async_migrate import (
     NotUpToDateError,
 )
 
-from conftest import account_metadata, inspect_tables, lock_holder, run_query
+from conftest import (
+    LOG_COUNTS,
+    account_metadata,
+    chain,
+    expected_log,
+    inspect_tables,
+    lock_holder,
+    make_migrations,
+    rev_id,
+    run_query,
+    sqlite_lock_path,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -245,7 +258,7 @@ async def test_cancelled_sqlite_upgrade_finishes_its_revision_before_letting_go(
     import asyncio
     import time
 
-    from async_migrate.locking import SQLiteFileLock
+    from async_migrate.locks import SQLiteFileLock
 
     directory = tmp_path / "migrations"
     async with Migrator(sqlite_url, None, directory, stdout=None) as migrator:
@@ -295,3 +308,28 @@ async def test_asyncpg_migration_ddl_in_one_round_trip_app_untouched(
                 await app_connection.execute(sa.DDL("CREATE TABLE three (id int); SELECT 1"))
     finally:
         await engine.dispose()
+
+
+async def test_cancelled_sqlite_upgrade_stops_at_the_next_revision_boundary(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite migrates in a worker thread: a cancellation (Ctrl-C, ``wait_for``) used to wait for every
+    remaining revision. Now the revision running finishes, none after it starts, and the log says where
+    the database is."""
+    slow = {i: ["__import__('time').sleep(0.2)"] for i in range(1, 11)}
+    directory = await make_migrations(sqlite_url, tmp_path / "migrations", chain(10, slow))
+    async with Migrator(sqlite_url, None, directory, stdout=None) as migrator:
+        with caplog.at_level("WARNING", "async_migrate"), pytest.raises(TimeoutError):
+            await asyncio.wait_for(migrator.upgrade(), 0.5)
+    version = await run_query(sqlite_url, "SELECT version_num FROM alembic_version")
+    reached = int(str(version[0][0])[1:]) if version else 0
+    assert reached < 10
+    if reached:
+        assert await run_query(sqlite_url, LOG_COUNTS) == expected_log(reached)
+    interrupted = [r.getMessage() for r in caplog.records if "Interrupted" in r.getMessage()]
+    assert interrupted and f"is at {rev_id(reached) if reached else 'base'}" in interrupted[0]
+    with open(sqlite_lock_path(sqlite_url), "a") as lock_file:  # the lock was given back
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    async with Migrator(sqlite_url, None, directory, stdout=None) as migrator:
+        await migrator.upgrade()
+    assert await run_query(sqlite_url, LOG_COUNTS) == expected_log(10)

@@ -13,7 +13,7 @@ from quart.testing import app as quart_testing_app
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from async_migrate import LockTimeoutError, Migrate, Migrator
-from async_migrate.locking import postgres_lock_key
+from async_migrate.locks import postgres_lock_key
 
 from conftest import inspect_tables, run_query
 

@@ -32,7 +32,7 @@ from async_migrate.errors import (
     UnknownRevisionError,
     exception_chain,
 )
-from async_migrate.locking import postgres_lock_key
+from async_migrate.locks import postgres_lock_key
 
 from conftest import (
     CREATE_LOG,
