@@ -186,6 +186,8 @@ class PostgresAdvisoryLock(MigrationLock):
         with round robin one client's consecutive transactions get different ones (which
         :meth:`try_acquire` sees). A direct connection or a session pooler never shares a session.
         """
+        if await _server_sees_this_socket(connection):
+            return  # nothing between client and server: no second connection needed (200 starters)
         async with connection.engine.connect() as other:
             others = await _backend_pid(other)
         if others == own:
@@ -294,6 +296,19 @@ def _key_parts(key: int) -> dict[str, int]:
     """A 64-bit advisory key as ``pg_locks`` shows it: two unsigned 32-bit halves."""
     unsigned = key & 0xFFFFFFFFFFFFFFFF
     return {"classid": unsigned >> 32, "objid": unsigned & 0xFFFFFFFF}
+
+
+async def _server_sees_this_socket(connection: AsyncConnection) -> bool:
+    """Whether the server's peer is this connection's own TCP socket (same client port): then no pooler
+    or proxy sits between them. False when it cannot tell (a Unix socket, a driver without a transport)."""
+    raw = await connection.get_raw_connection()
+    transport = getattr(raw.driver_connection, "_transport", None)
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    if not isinstance(sockname, tuple) or len(sockname) < 2:
+        return False
+    seen = (await connection.execute(text("SELECT inet_client_port()"))).scalar()
+    await connection.commit()
+    return seen is not None and int(seen) == int(sockname[1])
 
 
 async def _backend_pid(connection: AsyncConnection) -> int:

@@ -6,7 +6,9 @@ and the retries of a database still coming up are the :class:`~async_migrate.mig
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from .errors import AsyncMigrateError, UnknownRevisionError
 from .migrator import Migrator
@@ -21,6 +23,7 @@ async def startup_upgrade(
     revisions this process applied. Raises when the app must not serve: the database could not be brought
     there, or it is at a revision these scripts don't know (unless ``allow_db_ahead``: a newer release
     migrated it, and this one serves anyway, with a warning)."""
+    started = time.monotonic()
     try:
         log.info("Startup upgrade of %s to %s", migrator.url, target)
         applied = await migrator.upgrade(target)
@@ -43,4 +46,19 @@ async def startup_upgrade(
         return ()
     except AsyncMigrateError as exc:
         log.error("Startup upgrade failed: %s", exc)
+        raise
+    except asyncio.CancelledError:
+        # Usually the server's own startup budget (Hypercorn's startup_timeout, 60 s by default), which
+        # then reports only a generic LifespanTimeoutError: say what happened, and what to do instead.
+        log.error(
+            "Startup upgrade of %s to %s was cancelled after %.0fs, most likely by the server's startup "
+            "timeout (Hypercorn: startup_timeout, 60s by default). Revisions committed before it stay "
+            "applied; the one running was rolled back (on SQLite: finished), and the next start begins "
+            "there again. A migration this long does not fit in an app's startup: run `quart db upgrade` "
+            "as a release step or Job before the new version starts (MIGRATE_AUTO_UPGRADE = False), or "
+            "raise the server's startup timeout above the migration's time.",
+            migrator.url,
+            target,
+            time.monotonic() - started,
+        )
         raise

@@ -333,3 +333,23 @@ async def test_cancelled_sqlite_upgrade_stops_at_the_next_revision_boundary(
     async with Migrator(sqlite_url, None, directory, stdout=None) as migrator:
         await migrator.upgrade()
     assert await run_query(sqlite_url, LOG_COUNTS) == expected_log(10)
+
+
+async def test_startup_upgrade_cut_by_the_servers_startup_timeout_says_what_to_do(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server cancels a startup hook that outlasts its budget (Hypercorn: LifespanTimeoutError and no
+    more); the log says the startup was cut, where the database is left, and to migrate in a Job."""
+    from async_migrate.startup import startup_upgrade
+
+    slow = {i: ["__import__('time').sleep(0.2)"] for i in range(1, 6)}
+    directory = await make_migrations(sqlite_url, tmp_path / "migrations", chain(5, slow))
+    async with Migrator(sqlite_url, None, directory, stdout=None) as migrator:
+        with caplog.at_level("INFO", "async_migrate"), pytest.raises(TimeoutError):
+            await asyncio.wait_for(startup_upgrade(migrator), 0.3)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    assert "was cancelled after" in errors[0] and "startup_timeout" in errors[0]
+    assert "Job" in errors[0] and "MIGRATE_AUTO_UPGRADE = False" in errors[0]
+    version = await run_query(sqlite_url, "SELECT version_num FROM alembic_version")
+    assert version != [("r05",)]
