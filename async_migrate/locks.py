@@ -158,13 +158,12 @@ class PostgresAdvisoryLock(MigrationLock):
         def check(sync_connection: Connection) -> None:
             pid = sync_connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
             if pid != own:
-                raise TransactionPoolerError(
-                    "The database URL goes through a transaction pooler (PgBouncer in pool_mode = "
-                    f"transaction, or alike): a transaction of the migration ran on server session {pid}, "
-                    f"not on session {own}, which holds the {self.description}. This transaction was "
-                    "refused before it changed anything; the revisions applied before it are committed "
-                    f"and recorded. The lock is being given back on session {own}. "
-                    f"{TRANSACTION_POOLER_ADVICE}"
+                raise self._pooled(
+                    f"a transaction of the migration ran on server session {pid}, not on session "
+                    f"{own}, which holds the lock",
+                    "this transaction was refused before it changed anything; the revisions applied "
+                    "before it are committed and recorded, and the lock is being given back on "
+                    f"session {own}",
                 )
 
         self._watched = (connection.sync_connection, check)
@@ -235,11 +234,15 @@ class PostgresAdvisoryLock(MigrationLock):
         )
         return False
 
-    def _pooled(self, seen: str) -> TransactionPoolerError:
+    def _pooled(
+        self,
+        seen: str,
+        outcome: str = "nothing was migrated and no lock or setting was left behind",
+    ) -> TransactionPoolerError:
         return TransactionPoolerError(
             "The database URL goes through a transaction pooler (PgBouncer in pool_mode = transaction, or "
-            f"alike): {seen}. There the {self.description} would not keep other migrators out, so nothing "
-            f"was migrated and no lock or setting was left behind. {TRANSACTION_POOLER_ADVICE}"
+            f"alike): {seen}. There the {self.description} would not keep other migrators out, so "
+            f"{outcome}. {TRANSACTION_POOLER_ADVICE}"
         )
 
     async def release(self, connection: AsyncConnection) -> None:

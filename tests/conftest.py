@@ -68,6 +68,13 @@ def pg_admin(*statements: str) -> None:
     run(_pg_admin(*statements))
 
 
+def unavailable(message: str) -> None:
+    """Skip a test whose server or tool is missing; in CI fail instead: CI never skips them."""
+    if IN_CI:
+        pytest.fail(message + "; CI=true never skips database tests", pytrace=False)
+    pytest.skip(message)
+
+
 _pg_problem: str | None = None
 _pg_checked = False
 
@@ -87,10 +94,7 @@ def require_postgres() -> None:
             else:
                 raise
     if _pg_problem is not None:
-        message = f"PostgreSQL at {PG_SERVER} is unreachable ({_pg_problem})"
-        if IN_CI:
-            pytest.fail(message + "; CI=true never skips database tests", pytrace=False)
-        pytest.skip(message)
+        unavailable(f"PostgreSQL at {PG_SERVER} is unreachable ({_pg_problem})")
 
 
 @pytest.fixture
@@ -137,10 +141,7 @@ def require_mariadb() -> None:
         except (TimeoutError, OSError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             _mysql_problem = f"{type(exc).__name__}: {exc}".splitlines()[0]
     if _mysql_problem is not None:
-        message = f"MySQL/MariaDB at {MYSQL_SERVER} is unreachable ({_mysql_problem})"
-        if IN_CI:
-            pytest.fail(message + "; CI=true never skips database tests", pytrace=False)
-        pytest.skip(message)
+        unavailable(f"MySQL/MariaDB at {MYSQL_SERVER} is unreachable ({_mysql_problem})")
 
 
 @pytest.fixture

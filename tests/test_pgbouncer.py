@@ -7,24 +7,34 @@ before it takes a lock or changes a setting. In session mode it behaves like a d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from async_migrate import Migrator, TransactionPoolerError
 from async_migrate.errors import looks_like_transaction_pooler
 
-from conftest import IN_CI, LOG_COUNTS, PG_SERVER, chain, expected_log, make_migrations, query, run
+from conftest import (
+    LOG_COUNTS,
+    PG_SERVER,
+    chain,
+    expected_log,
+    make_migrations,
+    query,
+    run,
+    unavailable,
+)
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
@@ -85,10 +95,7 @@ class PgBouncer:
 
 def require_pgbouncer() -> None:
     if not Path(PGBOUNCER).exists():
-        message = "pgbouncer is not installed (Debian package pgbouncer; .ci/run installs it)"
-        if IN_CI:
-            pytest.fail(message + "; CI=true never skips", pytrace=False)
-        pytest.skip(message)
+        unavailable("pgbouncer is not installed (Debian package pgbouncer; .ci/run installs it)")
 
 
 @pytest.fixture
@@ -107,11 +114,16 @@ def session_pooler() -> Iterator[PgBouncer]:
     bouncer.stop()
 
 
-def pooled_engine(url: str) -> sa.ext.asyncio.AsyncEngine:
+@contextlib.asynccontextmanager
+async def pooled_engine(url: str) -> AsyncIterator[AsyncEngine]:
     # How asyncpg is set up for a transaction pooler: no prepared-statement cache.
-    return create_async_engine(
+    engine = create_async_engine(
         url, poolclass=sa.pool.NullPool, connect_args={"statement_cache_size": 0}
     )
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 def advisory_locks(direct_url: str) -> list[tuple[object, ...]]:
@@ -129,12 +141,8 @@ def test_transaction_pooler_is_refused_before_any_lock_or_change(
     run(make_migrations(pg_url, tmp_path, chain(3)))
 
     async def upgrade() -> None:
-        engine = pooled_engine(pooled)
-        try:
-            async with Migrator(engine, None, tmp_path, stdout=None) as migrator:
-                await migrator.upgrade()
-        finally:
-            await engine.dispose()
+        async with pooled_engine(pooled) as engine, Migrator(engine, None, tmp_path, stdout=None) as migrator:
+            await migrator.upgrade()
 
     with pytest.raises(TransactionPoolerError) as caught:
         run(upgrade())
@@ -145,9 +153,8 @@ def test_transaction_pooler_is_refused_before_any_lock_or_change(
     assert advisory_locks(pg_url) == []
 
     async def settings_seen_by_other_clients() -> set[str]:
-        engine = pooled_engine(pooled)
-        try:
-            seen = set()
+        seen = set()
+        async with pooled_engine(pooled) as engine:
             for _ in range(8):
                 async with engine.connect() as connection:
                     seen.add(
@@ -157,9 +164,7 @@ def test_transaction_pooler_is_refused_before_any_lock_or_change(
                             )
                         ).scalar_one()
                     )
-            return seen
-        finally:
-            await engine.dispose()
+        return seen
 
     assert run(settings_seen_by_other_clients()) == {"0"}
 
@@ -175,14 +180,11 @@ def test_replicas_through_a_transaction_pooler_never_migrate_at_once(
     run(make_migrations(pg_url, tmp_path, chain(5)))
 
     async def replica() -> BaseException | None:
-        engine = pooled_engine(pooled)
         try:
-            async with Migrator(engine, None, tmp_path, stdout=None) as migrator:
+            async with pooled_engine(pooled) as engine, Migrator(engine, None, tmp_path, stdout=None) as migrator:
                 await migrator.upgrade()
         except Exception as exc:
             return exc
-        finally:
-            await engine.dispose()
         return None
 
     async def replicas() -> list[BaseException | None]:
