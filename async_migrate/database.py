@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -95,6 +96,45 @@ def close_when_connected(connecting: asyncio.Future[AsyncConnection]) -> None:
 
 # Strong references to close() tasks started from callbacks, which the loop alone would not keep.
 _pending_closes: set[asyncio.Future[None]] = set()
+
+
+@contextlib.asynccontextmanager
+async def answered_within(connection: AsyncConnection, seconds: float) -> AsyncIterator[None]:
+    """A step around the migration (a version table read, the lock's statements), given ``seconds`` for
+    the server to answer: a connection silent for longer counts as broken (half-open TCP answers
+    nothing, ever) and is closed, and a ``TimeoutError`` says so. The revisions' own statements are
+    never run under it."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        await discard(connection)
+        raise TimeoutError(f"no answer from the server for {seconds:g}s") from None
+
+
+# TCP keepalive on the client's socket: a server host that vanished (or a network that drops every
+# packet) is noticed within about 30 s even while a revision's statement runs, which no client-side
+# deadline may cut short. A live server answers the probes however long its statement takes.
+_KEEPALIVE = (
+    ("SO_KEEPALIVE", socket.SOL_SOCKET, 1),
+    ("TCP_KEEPIDLE", socket.IPPROTO_TCP, 10),
+    ("TCP_KEEPINTVL", socket.IPPROTO_TCP, 5),
+    ("TCP_KEEPCNT", socket.IPPROTO_TCP, 4),
+    ("TCP_USER_TIMEOUT", socket.IPPROTO_TCP, 30000),
+)
+
+
+async def _probe_silent_server(connection: AsyncConnection) -> None:
+    """Turn on TCP keepalive for the migration connection's socket, where the driver shows it."""
+    raw = await connection.get_raw_connection()
+    transport = getattr(raw.driver_connection, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    for option, level, value in _KEEPALIVE:
+        if hasattr(socket, option):  # not every platform has each
+            with contextlib.suppress(OSError):
+                sock.setsockopt(level, getattr(socket, option), value)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -201,6 +241,7 @@ class Database:
             elif connection.dialect.driver == "asyncpg":
                 asyncpg_simple_query.enable(self.engine.sync_engine)
                 await connection.execution_options(**{asyncpg_simple_query.OPTION: True})
+                await _probe_silent_server(connection)
             yield connection
         finally:
             # Closed even when the task is cancelled meanwhile.

@@ -107,6 +107,40 @@ def looks_like_transaction_pooler(exc: BaseException) -> bool:
     )
 
 
+class ConnectionLostError(MigrationFailedError):
+    """The connection to the database broke (cut, reset, silent for too long) in the middle of a command.
+    ``current_heads`` is what a new connection found in the version table afterwards (empty when none
+    could be opened: the message then says so)."""
+
+
+# SQLSTATEs of a session that ended under the client: connection failures, an administrator's
+# pg_terminate_backend, a server shutting down.
+_LOST_SQLSTATES = {"08000", "08003", "08006", "57P01", "57P02"}
+# MySQL client errors: server gone away, lost connection during a query, connection not usable.
+_MYSQL_LOST = {2006, 2013, 2055}
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection itself broke (rather than a statement failing on it), so that
+    the outcome of what was in flight is unknown until a new connection reads the database."""
+    if sqlstate(exc) in _LOST_SQLSTATES:
+        return True
+    for cause in exception_chain(exc):
+        if getattr(cause, "connection_invalidated", False):
+            return True
+        if isinstance(cause, (ConnectionError, TimeoutError)):
+            return True
+        name = type(cause).__name__
+        if name == "ConnectionDoesNotExistError" or (
+            name == "InterfaceError" and "connection is closed" in str(cause)
+        ):
+            return True
+        args = getattr(cause, "args", ())
+        if args and args[0] in _MYSQL_LOST:
+            return True
+    return False
+
+
 class DDLLockTimeoutError(MigrationFailedError):
     """A revision could not get its table locks within ``ddl_lock_timeout`` on any of its attempts."""
 

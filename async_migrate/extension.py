@@ -57,6 +57,7 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "MIGRATE_UPGRADE_TARGET": "head",
     **MigrationSettings.defaults(),
     "MIGRATE_CONNECT_TIMEOUT": 30.0,
+    "MIGRATE_STARTUP_TIMEOUT": 50.0,
     "MIGRATE_ALLOW_DB_AHEAD": False,
     "MIGRATE_HEALTHZ": False,
 }
@@ -244,6 +245,9 @@ class Migrate:
     - ``lock_timeout`` / ``MIGRATE_LOCK_TIMEOUT`` (60): seconds to wait for another migrator.
     - ``connect_timeout`` / ``MIGRATE_CONNECT_TIMEOUT`` (30): seconds the startup upgrade keeps retrying a
       database that is still coming up.
+    - ``startup_timeout`` / ``MIGRATE_STARTUP_TIMEOUT`` (50): seconds the startup upgrade may wait (to
+      connect, for the lock) before failing the start with a LockTimeoutError that says why; keep it
+      below the server's startup timeout (Hypercorn: 60). 0: no limit but the timeouts above.
     - ``allow_db_ahead`` / ``MIGRATE_ALLOW_DB_AHEAD`` (False): serve when the database is at a revision these
       scripts don't know (a newer release migrated it) instead of refusing to start.
     - ``healthz`` / ``MIGRATE_HEALTHZ`` (False): register ``GET /healthz`` (or the path given as a string):
@@ -253,6 +257,8 @@ class Migrate:
     - ``ddl_retry_attempts`` / ``MIGRATE_DDL_RETRY_ATTEMPTS`` (5) and ``ddl_retry_backoff`` /
       ``MIGRATE_DDL_RETRY_BACKOFF`` (2 s, doubling): how often and how patiently.
     - ``statement_timeout`` / ``MIGRATE_STATEMENT_TIMEOUT`` (None): seconds any migration statement may run.
+    - ``bookkeeping_timeout`` / ``MIGRATE_BOOKKEEPING_TIMEOUT`` (30): seconds a statement around the
+      migration (version table, lock) may go unanswered before the connection counts as broken.
 
     Several databases: ``binds={"users": (users_engine, UsersBase), ...}`` (an engine source and a db, as
     for the main database; or an object with ``.engine`` and ``.metadata``; or just the db, with the URL in
@@ -275,12 +281,14 @@ class Migrate:
         lock: bool | None = None,
         lock_timeout: float | None = None,
         connect_timeout: float | None = None,
+        startup_timeout: float | None = None,
         allow_db_ahead: bool | None = None,
         healthz: bool | str | None = None,
         ddl_lock_timeout: float | str | None = None,
         ddl_retry_attempts: int | None = None,
         ddl_retry_backoff: float | None = None,
         statement_timeout: float | None = None,
+        bookkeeping_timeout: float | None = None,
         binds: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -296,19 +304,23 @@ class Migrate:
             "lock": lock,
             "lock_timeout": lock_timeout,
             "connect_timeout": connect_timeout,
+            "startup_timeout": startup_timeout,
             "allow_db_ahead": allow_db_ahead,
             "healthz": healthz,
             "ddl_lock_timeout": ddl_lock_timeout,
             "ddl_retry_attempts": ddl_retry_attempts,
             "ddl_retry_backoff": ddl_retry_backoff,
             "statement_timeout": statement_timeout,
+            "bookkeeping_timeout": bookkeeping_timeout,
         }
         #: The settings given here, by app config key; None: the app config's, else the default.
         self.settings: dict[str, Any] = {config_key(name): value for name, value in given.items()}
         self.alembic_ctx_kwargs = dict(kwargs)
         self.alembic_ctx_kwargs["compare_type"] = compare_type
         self.alembic_ctx_kwargs["render_as_batch"] = render_as_batch
-        if app is not None and (db is not None or engine is not None):
+        # Unlike Flask-Migrate, Migrate(app) alone registers too: the URL may come from the app config
+        # (SQLALCHEMY_DATABASE_URI), and auto_upgrade=True must never be silently ignored.
+        if app is not None:
             self.init_app(app, db, directory)
 
     def init_app(
@@ -402,6 +414,7 @@ async def _auto_upgrade() -> None:
             migrator,
             state.settings["MIGRATE_UPGRADE_TARGET"],
             allow_db_ahead=bool(state.settings["MIGRATE_ALLOW_DB_AHEAD"]),
+            startup_timeout=float(state.settings["MIGRATE_STARTUP_TIMEOUT"] or 0) or None,
         )
     finally:
         state.migrating = False

@@ -74,21 +74,22 @@ class Migrator(MigratorBase):
     :param stdout: where Alembic's text output goes (history listings, ``--sql`` output); ``None`` drops it.
     :param configure: callbacks that receive the Alembic :class:`~alembic.config.Config` and return it.
     :param x_arg: ``-x`` arguments passed to env.py with every command.
-    :param ddl_lock_timeout: seconds a migration statement may wait for a table lock (``SET lock_timeout``
-        on PostgreSQL, ``lock_wait_timeout`` on MySQL/MariaDB; on the migration session only, never on the
-        app's connections) before its revision is rolled back and retried, so that a migration blocked by a
-        long transaction does not queue every query on the table behind it. ``"auto"`` (default): 5 s on
-        PostgreSQL, off elsewhere; None: wait forever.
+    :param ddl_lock_timeout: seconds a migration statement may wait for a table lock (``lock_timeout``,
+        MySQL's ``lock_wait_timeout``; on the migration session only) before its revision is rolled back
+        and retried, so that a blocked migration does not queue every query on the table behind it.
+        ``"auto"`` (default): 5 s on PostgreSQL, off elsewhere; None: wait forever.
     :param ddl_retry_attempts: how many times a revision that hit the DDL lock timeout is tried in all.
     :param ddl_retry_backoff: seconds before the second attempt, doubled for each further one.
     :param statement_timeout: PostgreSQL only: seconds any migration statement may run; None: no limit.
+    :param bookkeeping_timeout: seconds a statement around the migration (version table, lock; not the
+        revisions') may go unanswered before the connection counts as broken (:class:`ConnectionLostError`).
     :param binds: the other databases of a multi-database setup: name -> (engine or URL, metadata).
     :param bind_name: set on the Migrators :meth:`bind_migrators` makes, one per database.
     :param context_kwargs: passed to ``context.configure()`` in env.py (``compare_type``, ``render_as_batch``,
         ``version_table``, ``include_object``, ...). ``compare_type`` and ``render_as_batch`` default to True
         and ``transaction_per_migration`` to True, so that a failed revision is rolled back alone.
 
-    The settings from ``lock`` to ``statement_timeout`` (:class:`~async_migrate.settings.MigrationSettings`)
+    The settings from ``lock`` to ``bookkeeping_timeout`` (:class:`~async_migrate.settings.MigrationSettings`)
     are attributes of the same names; :attr:`settings` is them, checked, as each command uses them.
     """
 

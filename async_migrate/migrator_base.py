@@ -38,6 +38,14 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+# What env.py's context.configure() gets unless told otherwise: a failed revision is rolled back alone.
+DEFAULT_CONTEXT_KWARGS = {
+    "compare_type": True,
+    "render_as_batch": True,
+    "transaction_per_migration": True,
+}
+
+
 class MigratorBase:
     """A Migrator's database(s), settings and Alembic setup; the parameters are
     :class:`~async_migrate.migrator.Migrator`'s."""
@@ -49,6 +57,7 @@ class MigratorBase:
     ddl_retry_attempts: int
     ddl_retry_backoff: float
     statement_timeout: float | None
+    bookkeeping_timeout: float
 
     def __init__(
         self,
@@ -66,16 +75,12 @@ class MigratorBase:
         ddl_retry_attempts: int = 5,
         ddl_retry_backoff: float = 2.0,
         statement_timeout: float | None = None,
+        bookkeeping_timeout: float = 30.0,
         binds: Mapping[str, tuple[AsyncEngine | URL | str, MetaData | None]] | None = None,
         bind_name: str | None = None,
         **context_kwargs: Any,
     ) -> None:
-        self.context_kwargs: dict[str, Any] = {
-            "compare_type": True,
-            "render_as_batch": True,
-            "transaction_per_migration": True,
-            **context_kwargs,
-        }
+        self.context_kwargs: dict[str, Any] = {**DEFAULT_CONTEXT_KWARGS, **context_kwargs}
         #: The database: its engine, connections for migrating, its version table.
         self.database = Database(engine_or_url, self.version_table, self.version_table_schema)
         self.metadata = checked_metadata(metadata)
@@ -100,6 +105,7 @@ class MigratorBase:
                 ddl_retry_attempts=ddl_retry_attempts,
                 ddl_retry_backoff=ddl_retry_backoff,
                 statement_timeout=statement_timeout,
+                bookkeeping_timeout=bookkeeping_timeout,
             )
         )
         #: The review of the last ``revision``/``migrate`` call (:mod:`async_migrate.review`).

@@ -53,6 +53,8 @@ class AppliedRecorder:
         #: How many revisions the run will apply, when known.
         self.total: int | None = None
         self.applied: list[str] = []
+        #: The version table's revisions after the last step recorded (before that step's COMMIT).
+        self.heads: tuple[str, ...] | None = None
         self.durations: list[tuple[float, str]] = []
         #: The statements that ran since the last revision was recorded: on a database whose DDL commits
         #: as it goes, what a failed revision left behind.
@@ -105,6 +107,7 @@ class AppliedRecorder:
         now = time.monotonic()
         elapsed, self._mark = now - self._mark, now
         self.statements.clear()
+        self.heads = tuple(heads)
         if self._on_revision is not None:
             self._on_revision()
         if step.is_stamp:

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import alembic_bridge
 from .alembic_errors import unknown_revisions
-from .database import Database, discard
+from .database import Database, answered_within, discard
 from .ddl_guard import (
     MYSQL_DIALECTS,
     AutocommitTracker,
@@ -34,7 +34,13 @@ from .ddl_guard import (
     session_id,
     set_session_timeouts,
 )
-from .errors import AsyncMigrateError, CommandError, DDLLockTimeoutError, MigrationFailedError
+from .errors import (
+    AsyncMigrateError,
+    CommandError,
+    DDLLockTimeoutError,
+    MigrationFailedError,
+    connection_lost,
+)
 from .progress import AppliedRecorder, Progress
 from .settings import MigrationSettings
 from .sqlite_runner import read_version_table, sqlite_file_url
@@ -94,6 +100,9 @@ class MigrationRun:
         self.bind_name = bind_name
         self.known = known
         self.recorder = AppliedRecorder(database.url, progress)
+        #: Whether Alembic ran to its end (every revision applied, as far as this client knows).
+        self.finished = False
+        self.started_at: tuple[str, ...] = ()
         self._make_config = make_config
         if known is None:
             _ = self.scripts
@@ -134,6 +143,7 @@ class MigrationRun:
             user_callbacks = (user_callbacks,)
         env_settings["configure_kwargs"]["on_version_apply"] = (self.recorder, *user_callbacks)
         self.recorder.start()
+        self.started_at = current
         if self.target is not None:
             try:
                 pending = self.scripts.iterate_revisions(self.target, current or "base")
@@ -150,7 +160,59 @@ class MigrationRun:
             else contextlib.nullcontext()
         ):
             await self._migrate(connection)
+        self.finished = True
         self.recorder.summarise()
+
+    # -- after a lost connection (see locking.run_locked) ------------------------------------------------
+
+    def reached(self, current: tuple[str, ...]) -> bool:
+        if self.is_done(current):
+            return True
+        # Where the last revision applied left the version table, before its COMMIT: the target, if
+        # every revision of the run got that far.
+        last = self.recorder.heads
+        all_applied = self.finished or (
+            self.recorder.total is not None and len(self.recorder.applied) >= self.recorder.total
+        )
+        return last is not None and all_applied and set(current) == set(last)
+
+    def lost_report(self, current: tuple[str, ...] | None) -> str:
+        applied = self.recorder.applied
+        if not applied:
+            return f"This {self.direction} had applied no revision yet."
+        listed = ", ".join(applied)
+        ran = self.recorder.statements
+        stays = (
+            f" These statements of the revision after them had run and stay applied: {'; '.join(ran[-10:])}."
+            if ran
+            else ""
+        )
+        if current is None:
+            return (
+                f"This {self.direction} had applied {listed} (the last of them perhaps not committed); each "
+                f"revision commits on its own, so the database is at one of them or where it started "
+                f"({', '.join(self.started_at) or 'base'}).{stays}"
+            )
+        kept = next((i for i, revision in enumerate(applied) if set(current) == {revision}), None)
+        if self.direction == "upgrade" and kept is not None:
+            lost = applied[kept + 1 :]
+            return (
+                f"Of the revisions this upgrade applied, {', '.join(applied[: kept + 1])} "
+                f"{'is' if kept == 0 else 'are'} committed"
+                + (
+                    f"; {', '.join(lost)} did not commit before the connection broke and "
+                    f"{'was' if len(lost) == 1 else 'were'} rolled back."
+                    if lost
+                    else "."
+                )
+                + stays
+            )
+        if set(current) == set(self.started_at):
+            return (
+                f"None of the revisions this {self.direction} applied ({listed}) stayed: the connection "
+                f"broke before the first one committed.{stays}"
+            )
+        return f"This {self.direction} had applied {listed} when the connection broke.{stays}"
 
     # -- running Alembic -------------------------------------------------------------------------------
 
@@ -203,13 +265,16 @@ class MigrationRun:
         except AsyncMigrateError:
             raise
         except Exception as exc:
+            if connection_lost(exc):
+                raise  # what happened is read on a new connection (locking.run_locked)
             raise await self._failed(exc, connection) from exc
 
     async def _guarded(self, connection: AsyncConnection, guard: DDLGuard) -> None:
         """Run the migration with the session's lock_timeout set, retrying a revision that timed out waiting
         for a table lock when its transaction was rolled back entirely."""
-        backend_pid = await session_id(connection)
-        await set_session_timeouts(connection, guard)
+        async with answered_within(connection, self.settings.bookkeeping_timeout):
+            backend_pid = await session_id(connection)
+            await set_session_timeouts(connection, guard)
         sync_connection = connection.sync_connection
         if sync_connection is None:  # the connection was closed under us
             raise CommandError("The migration connection closed before the migration could start.")
@@ -229,6 +294,8 @@ class MigrationRun:
                     except AsyncMigrateError:
                         raise
                     except Exception as exc:
+                        if connection_lost(exc):
+                            raise
                         pause = await self._retry_pause(
                             exc, attempt, guard, watcher, tracker, connection
                         )
@@ -247,7 +314,9 @@ class MigrationRun:
         finally:
             tracker.close()
             try:
-                await reset_session_timeouts(connection)
+                if not connection.invalidated:  # a broken session has no settings left to undo
+                    async with answered_within(connection, self.settings.bookkeeping_timeout):
+                        await reset_session_timeouts(connection)
             except Exception:
                 # Never let the pool lend out a session with our timeouts.
                 await discard(connection)
@@ -441,6 +510,7 @@ class StampRun:
         self.script = script
         self.purge = purge
         self.stamp = stamp
+        self.finished = False
 
     def precheck(self, current: tuple[str, ...]) -> None:
         if not self.purge:
@@ -454,3 +524,10 @@ class StampRun:
 
     async def work(self, connection: AsyncConnection, current: tuple[str, ...]) -> None:
         await self.stamp(connection)
+        self.finished = True
+
+    def reached(self, current: tuple[str, ...]) -> bool:
+        return self.finished
+
+    def lost_report(self, current: tuple[str, ...] | None) -> str:
+        return "The stamp runs in one transaction: it was either written whole or not at all."

@@ -32,6 +32,7 @@ class MigrationSettings:
     ddl_retry_attempts: int = 5
     ddl_retry_backoff: float = 2.0
     statement_timeout: float | None = None
+    bookkeeping_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         ddl_lock_timeout = self.ddl_lock_timeout
@@ -44,6 +45,7 @@ class MigrationSettings:
         # Given as ints or strings from an app config: the lock loop does arithmetic with them.
         object.__setattr__(self, "lock_timeout", float(self.lock_timeout))
         object.__setattr__(self, "connect_timeout", float(self.connect_timeout))
+        object.__setattr__(self, "bookkeeping_timeout", float(self.bookkeeping_timeout))
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -7,26 +7,38 @@ and the retries of a database still coming up are the :class:`~async_migrate.mig
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
 from .errors import AsyncMigrateError, UnknownRevisionError
+from .locking import waits_end_by
 from .migrator import Migrator
 
 log = logging.getLogger("async_migrate")
 
 
 async def startup_upgrade(
-    migrator: Migrator, target: str = "head", allow_db_ahead: bool = False
+    migrator: Migrator,
+    target: str = "head",
+    allow_db_ahead: bool = False,
+    startup_timeout: float | None = None,
 ) -> tuple[str, ...]:
     """Bring the database to ``target`` (behind the migration lock), logging what happened; return the
     revisions this process applied. Raises when the app must not serve: the database could not be brought
     there, or it is at a revision these scripts don't know (unless ``allow_db_ahead``: a newer release
-    migrated it, and this one serves anyway, with a warning)."""
+    migrated it, and this one serves anyway, with a warning).
+
+    ``startup_timeout`` (seconds; None or 0: none) bounds the waits, connecting and for the lock, whatever
+    ``connect_timeout`` and ``lock_timeout`` say: set it below the server's own startup timeout
+    (Hypercorn's ``startup_timeout``, 60 s), so that a replica kept waiting fails with a
+    :class:`LockTimeoutError` that says why, not with the server's bare timeout. A migration already
+    running under the lock is not cut short by it."""
     started = time.monotonic()
     try:
         log.info("Startup upgrade of %s to %s", migrator.url, target)
-        applied = await migrator.upgrade(target)
+        with _waits_bounded(started, startup_timeout):
+            applied = await migrator.upgrade(target)
         log.info(
             "Database %s ready at %s (%d revision(s) applied by this process)",
             migrator.url,
@@ -62,3 +74,16 @@ async def startup_upgrade(
             time.monotonic() - started,
         )
         raise
+
+
+def _waits_bounded(
+    started: float, startup_timeout: float | None
+) -> contextlib.AbstractContextManager[None]:
+    if not startup_timeout:
+        return contextlib.nullcontext()
+    return waits_end_by(
+        started + startup_timeout,
+        f"the startup upgrade's waits end after {startup_timeout:g}s (MIGRATE_STARTUP_TIMEOUT), inside "
+        "the server's startup timeout (Hypercorn: startup_timeout, 60s); run long migrations as a "
+        "release step or Job (`quart db upgrade`, MIGRATE_AUTO_UPGRADE = False)",
+    )

@@ -622,3 +622,55 @@ def test_sqlite_file_lock_across_processes(tmp_path: Path, sqlite_url: str) -> N
     assert query(sqlite_url, VERSION) == [("r02",)]
     assert query(sqlite_url, LOG_COUNTS) == expected_log(2)
     assert sorted(tables(sqlite_url)) == ["alembic_version", LOG_TABLE]
+
+
+HYPERCORN_APP = """
+import os
+from quart import Quart
+from async_migrate import Migrate
+
+app = Quart(__name__)
+app.config["MIGRATE_STARTUP_TIMEOUT"] = 1.5
+app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
+Migrate(app, None, directory=os.environ["MIGRATIONS"], auto_upgrade=True)
+"""
+
+
+def test_hypercorn_start_kept_waiting_fails_in_words_before_its_startup_timeout(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """A replica waiting for another's long migration: Hypercorn (startup_timeout 6 s here) would cancel
+    it with a bare LifespanTimeoutError; the startup budget ends the wait first, saying why."""
+    directory = make_migrations_sync(sqlite_url, tmp_path / "migrations", chain(2))
+    (tmp_path / "served.py").write_text(HYPERCORN_APP)
+    (tmp_path / "hypercorn.toml").write_text("startup_timeout = 6\n")
+
+    async def start_while_locked() -> subprocess.CompletedProcess[str]:
+        async with LockHolder(sqlite_url):
+            return await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "hypercorn", "-c", "hypercorn.toml", "-b", "127.0.0.1:0", "served:app"],
+                cwd=tmp_path,
+                env={**os.environ, "DATABASE_URL": sqlite_url, "MIGRATIONS": str(directory)},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+    result = asyncio.run(start_while_locked())
+    output = result.stdout + result.stderr
+    # Hypercorn 0.18 exits 0 even so (its worker process ended "normally"): the log is what tells.
+    assert "MIGRATE_STARTUP_TIMEOUT" in output and "Gave up after waiting" in output, output
+    assert "LifespanTimeoutError" not in output and "Running on" not in output, output
+    assert query(sqlite_url, "SELECT name FROM sqlite_master WHERE name = 'alembic_version'") == []
+
+
+@pytest.mark.anyio
+async def test_startup_budget_does_not_cut_a_migration_under_way(tmp_path: Path, sqlite_url: str) -> None:
+    from async_migrate.startup import startup_upgrade
+
+    slow = {i: ["time.sleep(0.4)"] for i in range(1, 4)}
+    directory = await make_migrations(sqlite_url, tmp_path / "migrations", chain(3, slow))
+    async with Migrator(sqlite_url, None, directory, stdout=None) as migrator:
+        await startup_upgrade(migrator, startup_timeout=0.5)
+    assert await run_query(sqlite_url, LOG_COUNTS) == expected_log(3)
