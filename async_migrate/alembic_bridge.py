@@ -39,6 +39,7 @@ from .alembic_errors import (
     script_error,
     translate,
     unknown_revisions,
+    unwritable_file,
     version_locations,
 )
 from .errors import AsyncMigrateError, MultipleHeadsError
@@ -285,7 +286,11 @@ async def run(
         except AlembicCommandError as exc:
             raise translate(exc, url, config) from None
         except Exception as exc:
-            loading = broken_history(exc, version_locations(config)) or script_error(exc)
+            loading = (
+                unwritable_file(exc, config)
+                or broken_history(exc, version_locations(config))
+                or script_error(exc)
+            )
             if loading is None:
                 raise
             raise loading from None

@@ -9,6 +9,7 @@ never applied), and words an ambiguous id prefix as a missing revision. The func
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import traceback
@@ -222,6 +223,23 @@ def script_error(exc: BaseException) -> CommandError | None:
     return CommandError(
         f"Cannot load {frame.filename}, line {frame.lineno}: {type(exc).__name__}: {sentence(str(exc))}. "
         "Fix the script (or the import it needs); nothing was applied."
+    )
+
+
+def unwritable_file(exc: BaseException, config: Config | None) -> CommandError | None:
+    """A CommandError when ``exc`` is the OS refusing to write a file of the migrations directory (or the
+    directory itself): ``init`` under a read-only parent, ``revision`` into a read-only versions/."""
+    if not isinstance(exc, OSError) or not exc.filename or config is None:
+        return None
+    directory = Path(config.get_main_option("script_location") or ".").resolve()
+    path = Path(os.fsdecode(exc.filename)).resolve()
+    if path != directory and directory not in path.parents:
+        return None
+    folder = path.parent
+    return CommandError(
+        f"Cannot write {path}: {exc.strerror or type(exc).__name__}. Give this process write access to "
+        f"{folder} (or free some space), or use another migrations folder with -d; then run the command "
+        "again."
     )
 
 

@@ -254,7 +254,14 @@ class Database:
         try:
             return await asyncio.shield(connecting)
         except asyncio.CancelledError:
-            connecting.add_done_callback(close_when_connected)
+            if self.sqlalchemy_url.get_backend_name() == "sqlite":
+                # aiosqlite's thread finishes the connect whatever happens, then reports to this loop:
+                # wait for it (a local file: milliseconds) and close, so that no thread outlives a loop
+                # that asyncio.run closes right after the cancellation.
+                with contextlib.suppress(BaseException):
+                    await (await connecting).close()
+            else:
+                connecting.add_done_callback(close_when_connected)
             raise
 
     async def _connect_with_retries(self, deadline: float) -> AsyncConnection:

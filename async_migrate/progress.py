@@ -108,9 +108,8 @@ class AppliedRecorder:
         elapsed, self._mark = now - self._mark, now
         self.statements.clear()
         self.heads = tuple(heads)
-        if self._on_revision is not None:
-            self._on_revision()
         if step.is_stamp:
+            self._revision_boundary()
             return
         revision = step.up_revision_id or ""
         self.applied.append(revision)
@@ -121,6 +120,12 @@ class AppliedRecorder:
             self.progress.applied(len(self.applied), self.total, revision, doc, elapsed)
         else:
             log.info("Applied %s %s (%s) in %.3fs", direction, revision, doc, elapsed)
+        # Last: what keeps the revisions apart may stop the run here, with this one kept and recorded.
+        self._revision_boundary()
+
+    def _revision_boundary(self) -> None:
+        if self._on_revision is not None:
+            self._on_revision()
 
     def summarise(self) -> None:
         if not self.applied:

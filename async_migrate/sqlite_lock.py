@@ -10,6 +10,7 @@ from typing import IO
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from .errors import LockError
 from .migration_lock import MigrationLock
 from .sqlite_runner import sqlite_file_path
 
@@ -45,21 +46,36 @@ class SQLiteFileLock(MigrationLock):
             return True
         import fcntl
 
-        handle = open(self.path, "a+")
+        handle = self._open()
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
             return False
-        handle.seek(0)
-        handle.truncate()
-        handle.write(
-            f"pid {os.getpid()} on host {socket.gethostname()} since "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S%z')}\n"
-        )
-        handle.flush()
+        if handle.writable():  # who holds it, for describe_holder
+            handle.seek(0)
+            handle.truncate()
+            handle.write(
+                f"pid {os.getpid()} on host {socket.gethostname()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S%z')}\n"
+            )
+            handle.flush()
         self._file = handle
         return True
+
+    def _open(self) -> IO[str]:
+        assert self.path is not None
+        try:
+            return open(self.path, "a+")
+        except PermissionError:
+            if self.path.exists():
+                # Made by another user (a root deploy, say): a read-only handle locks it as well.
+                return open(self.path)
+            raise LockError(
+                f"Cannot create the migration lock file {self.path}: permission denied. It lives beside "
+                "the SQLite database, in a folder SQLite must be able to write too (its journal goes "
+                f"there): give this process write access to {self.path.parent}. Nothing was migrated."
+            ) from None
 
     async def release(self, connection: AsyncConnection) -> None:
         try:
@@ -78,9 +94,10 @@ class SQLiteFileLock(MigrationLock):
 
             handle, self._file = self._file, None
             try:
-                handle.seek(0)
-                handle.truncate()
-                handle.flush()
+                if handle.writable():
+                    handle.seek(0)
+                    handle.truncate()
+                    handle.flush()
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
             finally:
                 handle.close()

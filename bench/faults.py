@@ -105,7 +105,7 @@ async def read(url: str, sql: str) -> list[tuple[Any, ...]]:
         async with engine.connect() as connection:
             try:
                 return [tuple(row) for row in (await connection.execute(sa.text(sql))).all()]
-            except sa.exc.ProgrammingError:
+            except sa.exc.DBAPIError:  # no such table yet
                 return []
     finally:
         await engine.dispose()

@@ -103,6 +103,12 @@ class FaultProxy:
         self.loop.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._carry(reader, writer)
+        except asyncio.CancelledError:
+            pass  # the proxy is closing: its connections end with it
+
+    async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
             server_reader, server_writer = await asyncio.open_connection(*self.target)

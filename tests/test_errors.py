@@ -497,3 +497,99 @@ def test_postgresql_errors_are_named_by_postgresql(pg_url: str, tmp_path: Path) 
 
     message = asyncio.run(run_all())
     assert "DivisionByZeroError: division by zero" in message, message
+
+
+PERMISSION_SCRIPT = """
+import asyncio, sys
+from async_migrate import AsyncMigrateError, Migrator
+
+async def main(url, directory, command):
+    async with Migrator(url, None, directory, stdout=None) as migrator:
+        if command == "init":
+            await migrator.init()
+        elif command == "revision":
+            await migrator.revision(message="x")
+        else:
+            print("APPLIED", await migrator.upgrade())
+
+try:
+    asyncio.run(main(*sys.argv[1:]))
+except AsyncMigrateError as exc:
+    print(f"ERROR {type(exc).__name__}: {exc}")
+    sys.exit(1)
+"""
+
+
+def test_folders_this_process_may_not_write_are_named(tmp_path: Path) -> None:
+    """As a user without write access (root drops to nobody: root may write anywhere): init under a
+    read-only parent, revision into a read-only versions/, SQLite in a read-only folder, and a lock file
+    another user made. Each is one paragraph naming the folder; nothing is written."""
+    import asyncio
+    import os
+    import shutil
+    import sqlite3
+    import subprocess
+    import sys
+    import tempfile
+
+    from async_migrate import Migrator
+
+    base = Path(tempfile.mkdtemp(prefix="am-perm-", dir="/tmp"))
+    base.chmod(0o755)
+    # setpriv (util-linux): subprocess's user= cannot reach the interpreter under /root (mode 700).
+    as_other_user = (
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] if os.geteuid() == 0 else []
+    )
+
+    def attempt(url: str, directory: Path, command: str) -> str:
+        result = subprocess.run(
+            [*as_other_user, sys.executable, "-c", PERMISSION_SCRIPT, url, str(directory), command],
+            capture_output=True, text=True, timeout=60, cwd=base,
+        )  # fmt: skip
+        assert "Traceback" not in result.stderr, result.stderr
+        return result.stdout
+
+    try:
+        (base / "ro").mkdir(mode=0o555)
+        said = attempt(f"sqlite+aiosqlite:///{base / 'ro' / 'app.db'}", base / "ro" / "migrations", "init")
+        assert f"Cannot write {base / 'ro' / 'migrations'}: Permission denied" in said, said
+        assert f"write access to {base / 'ro'}" in said and not (base / "ro" / "migrations").exists()
+
+        project, data = base / "project", base / "data"
+        data.mkdir()
+        data.chmod(0o777)  # mkdir's mode is cut by the umask
+        url = f"sqlite+aiosqlite:///{data / 'app.db'}"
+
+        async def prepare() -> None:
+            async with Migrator(url, None, project / "migrations", stdout=None) as migrator:
+                await migrator.init()
+                await migrator.revision(message="first")
+
+        asyncio.run(prepare())
+        sqlite3.connect(data / "app.db").close()
+        (data / "app.db").chmod(0o666)
+        lockless = base / "lockless"  # a read-only folder: no lock file can be made there
+        lockless.mkdir()
+        shutil.copy(data / "app.db", lockless / "app.db")
+        (lockless / "app.db").chmod(0o666)
+        lockless.chmod(0o555)
+        versions = project / "migrations" / "versions"
+        before = sorted(versions.iterdir())
+        versions.chmod(0o555)
+        said = attempt(url, project / "migrations", "revision")
+        assert "Cannot write" in said and f"write access to {versions}" in said, said
+        assert sorted(versions.iterdir()) == before
+
+        # A lock file left by another user (root) is locked through a read-only handle.
+        (data / "app.db.migrate-lock").touch(mode=0o644)
+        said = attempt(url, project / "migrations", "upgrade")
+        assert said.startswith("APPLIED ("), said
+
+        said = attempt(f"sqlite+aiosqlite:///{lockless / 'app.db'}", project / "migrations", "upgrade")
+        assert "Cannot create the migration lock file" in said, said
+        assert f"write access to {lockless}" in said, said
+    finally:
+        for folder in base.rglob("*"):
+            if folder.is_dir():
+                folder.chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)

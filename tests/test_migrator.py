@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import io
+import os
+import signal
+import sqlite3
 import subprocess
 import sys
+import textwrap
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from async_migrate import (
@@ -24,7 +30,10 @@ from async_migrate import (
 )
 
 from conftest import (
+    APP,
     LOG_COUNTS,
+    MODELS_V1,
+    Project,
     account_metadata,
     chain,
     expected_log,
@@ -32,6 +41,7 @@ from conftest import (
     lock_holder,
     make_migrations,
     rev_id,
+    run,
     run_query,
     sqlite_lock_path,
 )
@@ -353,3 +363,71 @@ async def test_startup_upgrade_cut_by_the_servers_startup_timeout_says_what_to_d
     assert "Job" in errors[0] and "MIGRATE_AUTO_UPGRADE = False" in errors[0]
     version = await run_query(sqlite_url, "SELECT version_num FROM alembic_version")
     assert version != [("r05",)]
+
+
+def test_ctrl_c_of_quart_db_upgrade_on_sqlite_stops_at_a_revision_boundary(tmp_path: Path) -> None:
+    """A real `quart db upgrade` process, SIGINT while revision 3 of 10 runs: exit non-zero, a line that
+    says where the database is, and that is where it is."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "app.py").write_text(textwrap.dedent(APP))
+    project = Project(root, url)
+    project.write_models(MODELS_V1)
+    slow = {i: ["time.sleep(0.3)"] for i in range(1, 11)}
+    run(make_migrations(url, root / "migrations", chain(10, slow)))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quart", "--app", "app", "db", "upgrade"],
+        cwd=root, env=project.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # A test run from a background job inherits SIGINT ignored; a user's terminal does not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    # The whole run is one transaction on SQLite: its progress shows in the log lines, not the file.
+    seen = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        seen.append(line)
+        if "Applied upgrade r02" in line:
+            os.kill(process.pid, signal.SIGINT)
+            break
+    output = "".join(seen) + process.communicate(timeout=60)[0]
+    assert process.returncode != 0, output
+    reached = run_query_sync(url, "SELECT version_num FROM alembic_version")
+    assert len(reached) == 1 and reached[0][0] in ("r02", "r03"), (reached, output)
+    at = str(reached[0][0])
+    assert f"after {int(at[1:])} revision(s)" in output and f"is at {at}." in output, output
+    assert "Traceback" not in output, output
+    assert run_query_sync(url, LOG_COUNTS) == expected_log(int(at[1:]))
+
+
+def test_upgrade_cancelled_while_connecting_leaves_no_thread_behind(tmp_path: Path) -> None:
+    """asyncio.run(wait_for(upgrade(), tiny)): nothing of aiosqlite's may report to the closed loop."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+    run(make_migrations(url, tmp_path / "migrations", chain(2)))
+    script = (
+        "import asyncio, sys\n"
+        "from async_migrate import Migrator\n"
+        "async def main():\n"
+        "    async with Migrator(sys.argv[1], None, sys.argv[2], stdout=None) as migrator:\n"
+        "        await asyncio.wait_for(migrator.upgrade(), 0.0005)\n"
+        "for _ in range(5):\n"
+        "    try:\n"
+        "        asyncio.run(main())\n"
+        "    except TimeoutError:\n"
+        "        pass\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, url, str(tmp_path / "migrations")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Event loop is closed" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def run_query_sync(url: str, sql: str) -> list[tuple[object, ...]]:
+    with closing(sqlite3.connect(str(make_url(url).database))) as connection:
+        try:
+            return [tuple(row) for row in connection.execute(sql).fetchall()]
+        except sqlite3.OperationalError:
+            return []
+
