@@ -1,8 +1,8 @@
 """async_migrate: Alembic migrations for async SQLAlchemy apps, with a Quart extension and CLI.
 
 ``Migrator`` (the core) needs no web framework; ``Migrate`` and the module-level command functions
-(``await upgrade()``, ...) are the Quart glue, imported from :mod:`async_migrate.extension` on first use so
-that ``import async_migrate`` does not import Quart.
+(``await upgrade()``, ...) are the Quart glue, imported from :mod:`async_migrate.extension` and
+:mod:`async_migrate.app_commands` on first use so that ``import async_migrate`` does not import Quart.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -28,8 +28,7 @@ from .errors import (
 from .migrator import MigrationStatus, Migrator
 
 if TYPE_CHECKING:
-    from .extension import (
-        Migrate,
+    from .app_commands import (
         branches,
         check,
         current,
@@ -46,6 +45,7 @@ if TYPE_CHECKING:
         stamp,
         upgrade,
     )
+    from .extension import Migrate
 
 _QUART_NAMES = {
     "Migrate",
@@ -68,10 +68,14 @@ _QUART_NAMES = {
 
 
 def __getattr__(name: str) -> Any:
-    if name in _QUART_NAMES:
-        from . import extension
+    if name == "Migrate":
+        from .extension import Migrate
 
-        return getattr(extension, name)
+        return Migrate
+    if name in _QUART_NAMES:
+        from . import app_commands
+
+        return getattr(app_commands, name)
     raise AttributeError(f"module 'async_migrate' has no attribute {name!r}")
 
 

@@ -6,7 +6,7 @@ the models' MetaData to a database at the scripts' head, and each generated revi
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +56,22 @@ def report_review(review: Review | None, on_review: Callable[[Review], None] | N
         return
     for message in review.messages():
         log.warning("%s", message)
+
+
+#: Said when the models' MetaData has no tables: autogenerate would then drop every table there is.
+EMPTY_METADATA = (
+    "The models' MetaData has no tables, so {command} would take every table in the database for one "
+    "to drop: usually the models were not imported before their MetaData was handed over. Import the "
+    "module that defines them first (e.g. `import models` in the app factory, before Migrate/Migrator), "
+    "or, if an empty schema is really meant, pass --allow-empty-metadata (allow_empty_metadata=True). "
+    "Nothing was written."
+)
+
+
+def refuse_empty_metadata(command: str, metadata: Iterable[MetaData | None], allowed: bool) -> None:
+    """Refuse ``command`` (migrate, check) when a MetaData given has no tables, unless ``allowed``."""
+    if not allowed and any(m is not None and not m.tables for m in metadata):
+        raise ConfigurationError(EMPTY_METADATA.format(command=command))
 
 
 def refuse_autogenerate(directory: str, metadata: MetaData | None, sql: bool) -> None:

@@ -8,6 +8,7 @@ Migrator through its constructor.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,12 @@ X_ARG_HELP = "Additional arguments consumed by custom env.py scripts"
 @click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
 @click.option("-x", "--x-arg", multiple=True, help=X_ARG_HELP)
 @click.option(
-    "-v", "--verbose", "show_traceback", is_flag=True, help="Show the traceback of an error too"
+    "-v",
+    "--verbose",
+    "show_traceback",
+    is_flag=True,
+    help="Show the traceback of an error too. (After a command name, as in `history -v`, -v means that "
+    "command's verbose output.)",
 )
 @click.pass_context
 def db(
@@ -135,6 +141,38 @@ def _revision_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+ALLOW_EMPTY_HELP = (
+    "Run although the models' MetaData has no tables (refused by default: models not imported would "
+    "make every table look dropped)"
+)
+
+
+def _allow_empty_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--allow-empty-metadata", is_flag=True, help=ALLOW_EMPTY_HELP)(f)
+
+
+async def _model_changes(m: Migrator) -> int:
+    """How many changes the models have over the database (0 also when that cannot be told: no models,
+    no database, a database behind the scripts): before a hand-written revision, so that one written
+    right after the models changed can point at `migrate`, which would have filled it."""
+    from .errors import AsyncMigrateError, ModelsDifferError
+
+    if m.metadata is None or not m.metadata.tables:
+        return 0
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    alembic_log.setLevel(logging.WARNING)  # this look is not the command: no INFO lines of its own
+    try:
+        await m.check()
+    except ModelsDifferError as exc:
+        return len(exc.diffs)
+    except AsyncMigrateError:
+        pass
+    finally:
+        alembic_log.setLevel(level)
+    return 0
+
+
 @db.command()
 @_revision_options
 @click.option("--renames", type=click.Choice(["ask", "yes", "no"]), default=None, help=RENAMES_HELP)
@@ -143,6 +181,7 @@ def _revision_options(f: Callable[..., Any]) -> Callable[..., Any]:
     is_flag=True,
     help="Populate revision script with candidate migration operations, based on comparison of database to model",
 )
+@_allow_empty_option
 @click.pass_context
 def revision(
     ctx: click.Context,
@@ -157,16 +196,25 @@ def revision(
     x_arg: tuple[str, ...],
     renames: str | None,
     autogenerate: bool,
+    allow_empty_metadata: bool,
 ) -> None:
     """Create a new revision file."""
     policy: RenamePolicy = _rename_policy(renames) if autogenerate else "no"
 
     async def action(m: Migrator) -> None:
         m.on_review = _print_review
+        m.allow_empty_metadata = allow_empty_metadata
+        changes = 0 if autogenerate or sql else await _model_changes(m)
         await m.revision(
             message, autogenerate, sql, head, splice, branch_label, version_path, rev_id,
             renames=policy,
         )  # fmt: skip
+        if changes:
+            click.echo(
+                f"Note: the models differ from the database ({changes} change(s)), and this revision "
+                "is empty: `quart db migrate` writes them into a revision for you.",
+                err=True,
+            )
 
     run_command(ctx, action, directory, x_arg)
 
@@ -175,6 +223,7 @@ def revision(
 @_revision_options
 @click.option("--renames", type=click.Choice(["ask", "yes", "no"]), default=None, help=RENAMES_HELP)
 @click.option("--autogenerate", is_flag=True, hidden=True, help="Always on for migrate")
+@_allow_empty_option
 @click.pass_context
 def migrate(
     ctx: click.Context,
@@ -189,12 +238,14 @@ def migrate(
     x_arg: tuple[str, ...],
     renames: str | None,
     autogenerate: bool,
+    allow_empty_metadata: bool,
 ) -> None:
     """Autogenerate a new revision file (Alias for 'revision --autogenerate')"""
     policy = _rename_policy(renames)
 
     async def action(m: Migrator) -> Any:
         m.on_review = _print_review
+        m.allow_empty_metadata = allow_empty_metadata
         return await m.migrate(
             message, sql, head, splice, branch_label, version_path, rev_id, renames=policy
         )
@@ -323,15 +374,24 @@ def upgrade(
     revision: str,
 ) -> None:
     """Upgrade to a later version"""
-    run_command(
+
+    async def action(m: Migrator) -> str | None:
+        if await m.upgrade(revision, sql, tag) or sql:
+            return None
+        at = ", ".join((await m.status()).current_heads) or "base"
+        return f"Already at head ({at})." if revision in ("head", "heads") else f"Already at {at}."
+
+    nothing_to_do = run_command(
         ctx,
-        lambda m: m.upgrade(revision, sql, tag),
+        action,
         directory,
         x_arg,
         progress=True,
         **_lock_overrides(no_lock, lock_timeout),
         **_ddl_overrides(ddl_lock_timeout, ddl_retries, statement_timeout),
     )
+    if nothing_to_do:
+        click.echo(nothing_to_do)
 
 
 @db.command()
@@ -498,10 +558,18 @@ def stamp(
     help="Also fail while a revision script still has a '# WARNING:' comment from the autogenerate "
     "review",
 )
+@_allow_empty_option
 @click.pass_context
-def check(ctx: click.Context, directory: str | None, strict: bool) -> None:
+def check(
+    ctx: click.Context, directory: str | None, strict: bool, allow_empty_metadata: bool
+) -> None:
     """Check if there are any new operations to migrate"""
-    run_command(ctx, lambda m: m.check(strict), directory)
+
+    async def action(m: Migrator) -> None:
+        m.allow_empty_metadata = allow_empty_metadata
+        await m.check(strict)
+
+    run_command(ctx, action, directory)
 
 
 @db.command()

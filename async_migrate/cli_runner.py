@@ -65,7 +65,8 @@ def run_command(
     app: Quart = script_info.load_app()
     directory = directory or ctx.meta.get(DIRECTORY_KEY)
     x_args = [*ctx.meta.get(X_ARG_KEY, ()), *(x_arg or ())]
-    show_log_lines()
+    handler = show_log_lines()
+    terminal = TerminalProgress() if progress and sys.stderr.isatty() else None
 
     async def main() -> T:
         source = app.extensions.get("migrate")
@@ -73,33 +74,78 @@ def run_command(
             raise ConfigurationError(NO_EXTENSION)
         async with app.app_context():
             migrator = source.migrator(app, directory, x_args, **overrides)
-            if progress and sys.stderr.isatty():
-                migrator.progress = TerminalProgress()
+            migrator.progress = terminal
             try:
                 return await action(migrator)
             finally:
                 await migrator.aclose()
                 await source.dispose_engines()
 
+    # Our line per revision says what Alembic's "Running upgrade ..." says, and more: one is enough.
+    alembic_runs = logging.getLogger("alembic.runtime.migration")
+    if progress:
+        alembic_runs.addFilter(_skip_running_lines)
+    if handler is not None:
+        handler.progress = terminal
     try:
         return asyncio.run(main())
     except AsyncMigrateError as exc:
+        if terminal is not None:
+            terminal.close()
         if ctx.meta.get(TRACEBACK_KEY):
             traceback.print_exc()
         click.echo(f"Error: {exc}", err=True)
         ctx.exit(1)
+    finally:
+        alembic_runs.removeFilter(_skip_running_lines)
+        if terminal is not None:
+            terminal.close()
+        if handler is not None:
+            handler.progress = None
 
 
-def show_log_lines() -> None:
-    """Show Alembic's and our INFO lines on stderr, as ``alembic`` does, unless the app set up logging."""
+def _skip_running_lines(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(("Running upgrade", "Running downgrade"))
+
+
+class LogLines(logging.StreamHandler):  # type: ignore[type-arg]
+    """The CLI's log lines on stderr, written above a live progress line rather than into it."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.progress: TerminalProgress | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.progress is not None:
+            self.progress.clear()
+        super().emit(record)
+        if self.progress is not None:
+            self.progress.redraw()
+
+
+_log_lines: LogLines | None = None
+
+
+def _real_handlers(logger: logging.Logger) -> list[logging.Handler]:
+    return [h for h in logger.handlers if not isinstance(h, logging.NullHandler)]
+
+
+def show_log_lines() -> LogLines | None:
+    """Show Alembic's and our INFO lines on stderr, as ``alembic`` does, unless the app set up logging;
+    the handler used, when it is ours."""
+    global _log_lines
     for name in ("alembic", "async_migrate"):
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.INFO)
-    if not logging.getLogger().handlers and not any(
-        logging.getLogger(n).handlers for n in ("alembic", "async_migrate")
+    # Importing Alembic gives its logger a NullHandler: that is not the app setting up logging.
+    if (
+        _log_lines is None
+        and not _real_handlers(logging.getLogger())
+        and not any(_real_handlers(logging.getLogger(n)) for n in ("alembic", "async_migrate"))
     ):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)-5.5s [%(name)s] %(message)s"))
+        _log_lines = LogLines()
+        _log_lines.setFormatter(logging.Formatter("%(levelname)-5.5s [%(name)s] %(message)s"))
         for name in ("alembic", "async_migrate"):
-            logging.getLogger(name).addHandler(handler)
+            logging.getLogger(name).addHandler(_log_lines)
+    return _log_lines

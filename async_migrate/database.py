@@ -169,6 +169,16 @@ def _emit_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN")
 
 
+class NoDatabase:
+    """Stands for a database the app did not configure: a Migrator made with it runs the commands that
+    read only the scripts (``heads``, ``history``, ``show``, ``branches``, ``init``, ``revision``,
+    ``merge``, ``edit``); any that would reach the database raises a ConfigurationError saying ``reason``.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
 class Database:
     """One database: its URL, its engine (made on first use when given a URL), and its version table.
 
@@ -179,7 +189,7 @@ class Database:
 
     def __init__(
         self,
-        engine_or_url: AsyncEngine | URL | str,
+        engine_or_url: AsyncEngine | URL | str | NoDatabase,
         version_table: str = "alembic_version",
         version_table_schema: str | None = None,
     ) -> None:
@@ -187,7 +197,11 @@ class Database:
         # needs it, and making it imports the driver and its dialect.
         self._engine: AsyncEngine | None = None
         self.owns_engine = not isinstance(engine_or_url, AsyncEngine)
-        if isinstance(engine_or_url, (str, URL)):
+        self.missing = engine_or_url.reason if isinstance(engine_or_url, NoDatabase) else None
+        if isinstance(engine_or_url, NoDatabase):
+            # Never connected to (require() and the engine refuse first); env.py sees a URL all the same.
+            self.sqlalchemy_url = URL.create("sqlite+aiosqlite")
+        elif isinstance(engine_or_url, (str, URL)):
             self.sqlalchemy_url = async_url(engine_or_url)
         else:
             self._engine, _ = engine_from(engine_or_url)
@@ -198,9 +212,15 @@ class Database:
         self.version_table = version_table
         self.version_table_schema = version_table_schema
 
+    def require(self) -> None:
+        """Raise the ConfigurationError of a database that was not configured (see :class:`NoDatabase`)."""
+        if self.missing is not None:
+            raise ConfigurationError(self.missing)
+
     @property
     def engine(self) -> AsyncEngine:
         """The AsyncEngine (made from the URL on first use)."""
+        self.require()
         if self._engine is None:
             try:
                 self._engine = engine_for(self.sqlalchemy_url)
@@ -214,6 +234,8 @@ class Database:
     @property
     def url(self) -> str:
         """The URL with the password hidden."""
+        if self.missing is not None:
+            return "(no database configured)"
         return render_url(self.sqlalchemy_url)
 
     async def aclose(self) -> None:

@@ -97,7 +97,12 @@ async def diagnose(
         _revisions(found, script)
         await _untracked_tables(found, database, connection)
         at_heads = set(found.current_heads) == set(found.script_heads)
-        if metadata is not None and at_heads and not found.unknown_revisions:
+        if metadata is not None and not metadata.tables:
+            found.problems.append(
+                "The models' MetaData has no tables (were the models imported before it was handed "
+                "over?): `migrate` would write a drop of every table, so it refuses until they are."
+            )
+        elif metadata is not None and at_heads and not found.unknown_revisions:
             diffs = await connection.run_sync(_compare, metadata, context_kwargs)
             await connection.rollback()
             found.drift = tuple(describe_diff(diff) for diff in diffs)

@@ -1,5 +1,6 @@
-"""The Quart glue: :class:`Migrate` (Flask-Migrate's extension, async), the startup auto-upgrade hook,
-the optional ``/healthz`` blueprint, and module-level ``await upgrade()``-style functions for the current app.
+"""The Quart glue: :class:`Migrate` (Flask-Migrate's extension, async), the startup auto-upgrade hook and
+the optional ``/healthz`` blueprint. Flask-Migrate's module-level functions (``await upgrade()``, ...) are
+in :mod:`async_migrate.app_commands`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from . import cli
 from .alembic_bridge import SYS_STDOUT, ConfigureCallback
+from .database import NoDatabase
 from .errors import NO_EXTENSION, AsyncMigrateError, ConfigurationError
 from .migrator import MigrationStatus, Migrator
 from .settings import MigrationSettings, config_key
@@ -23,27 +25,8 @@ from .startup import startup_upgrade
 
 if TYPE_CHECKING:
     from alembic.config import Config
-    from alembic.script import Script
 
-__all__ = [
-    "Migrate",
-    "MigrateState",
-    "branches",
-    "check",
-    "current",
-    "downgrade",
-    "edit",
-    "heads",
-    "history",
-    "init",
-    "list_templates",
-    "merge",
-    "migrate",
-    "revision",
-    "show",
-    "stamp",
-    "upgrade",
-]
+__all__ = ["Migrate", "MigrateState", "healthz_blueprint", "state_of"]
 
 log = logging.getLogger("async_migrate")
 
@@ -184,8 +167,14 @@ class MigrateState:
         settings = MigrationSettings.from_config(
             self.settings, **{"connect_timeout": 0.0, **overrides}
         )
+        try:
+            engine: AsyncEngine | str | NoDatabase = self.engine(app)
+        except ConfigurationError as exc:
+            # heads, history, init, ... read only the scripts (in an image build, say): they still work,
+            # and a command that reaches the database says what is missing.
+            engine = NoDatabase(str(exc))
         return Migrator(
-            self.engine(app),
+            engine,
             self.metadata,
             directory or self.directory,
             binds={name: bind_of(name, spec, app) for name, spec in self.binds.items()} or None,
@@ -441,147 +430,3 @@ def healthz_blueprint(path: str = "/healthz") -> Blueprint:
         return body, 200 if status.at_head else 503
 
     return blueprint
-
-
-# -- Flask-Migrate's module-level functions, async, for the current app ---------------------------------------
-
-
-async def _run(directory: str | None, x_arg: Sequence[str] | None, action: Any) -> Any:
-    app: Quart = current_app._get_current_object()  # type: ignore[attr-defined]
-    migrator = state_of(app).migrator(app, directory, x_arg)
-    try:
-        return await action(migrator)
-    finally:
-        await migrator.aclose()
-
-
-async def list_templates() -> list[tuple[str, str]]:
-    return await _run(None, None, lambda m: m.list_templates())  # type: ignore[no-any-return]
-
-
-async def init(
-    directory: str | None = None,
-    multidb: bool = False,
-    template: str | None = None,
-    package: bool = False,
-) -> None:
-    chosen = template or ("async-multidb" if multidb else None)
-    await _run(directory, None, lambda m: m.init(chosen, package))
-
-
-async def revision(
-    directory: str | None = None,
-    message: str | None = None,
-    autogenerate: bool = False,
-    sql: bool = False,
-    head: str = "head",
-    splice: bool = False,
-    branch_label: str | None = None,
-    version_path: str | None = None,
-    rev_id: str | None = None,
-    x_arg: Sequence[str] | None = None,
-) -> Script | None:
-    return await _run(  # type: ignore[no-any-return]
-        directory,
-        x_arg,
-        lambda m: m.revision(
-            message, autogenerate, sql, head, splice, branch_label, version_path, rev_id
-        ),
-    )
-
-
-async def migrate(
-    directory: str | None = None,
-    message: str | None = None,
-    sql: bool = False,
-    head: str = "head",
-    splice: bool = False,
-    branch_label: str | None = None,
-    version_path: str | None = None,
-    rev_id: str | None = None,
-    x_arg: Sequence[str] | None = None,
-) -> Script | None:
-    return await _run(  # type: ignore[no-any-return]
-        directory,
-        x_arg,
-        lambda m: m.migrate(message, sql, head, splice, branch_label, version_path, rev_id),
-    )
-
-
-async def edit(directory: str | None = None, revision: str = "current") -> None:
-    await _run(directory, None, lambda m: m.edit(revision))
-
-
-async def merge(
-    directory: str | None = None,
-    revisions: str | Sequence[str] = "",
-    message: str | None = None,
-    branch_label: str | None = None,
-    rev_id: str | None = None,
-) -> Script | None:
-    return await _run(  # type: ignore[no-any-return]
-        directory, None, lambda m: m.merge(revisions, message, branch_label, rev_id)
-    )
-
-
-async def upgrade(
-    directory: str | None = None,
-    revision: str = "head",
-    sql: bool = False,
-    tag: str | None = None,
-    x_arg: Sequence[str] | None = None,
-) -> tuple[str, ...]:
-    return await _run(directory, x_arg, lambda m: m.upgrade(revision, sql, tag))  # type: ignore[no-any-return]
-
-
-async def downgrade(
-    directory: str | None = None,
-    revision: str = "-1",
-    sql: bool = False,
-    tag: str | None = None,
-    x_arg: Sequence[str] | None = None,
-) -> tuple[str, ...]:
-    return await _run(directory, x_arg, lambda m: m.downgrade(revision, sql, tag))  # type: ignore[no-any-return]
-
-
-async def show(directory: str | None = None, revision: str = "head") -> tuple[Script, ...]:
-    return await _run(directory, None, lambda m: m.show(revision))  # type: ignore[no-any-return]
-
-
-async def history(
-    directory: str | None = None,
-    rev_range: str | None = None,
-    verbose: bool = False,
-    indicate_current: bool = False,
-) -> tuple[Script, ...]:
-    return await _run(  # type: ignore[no-any-return]
-        directory, None, lambda m: m.history(rev_range, verbose, indicate_current)
-    )
-
-
-async def heads(
-    directory: str | None = None, verbose: bool = False, resolve_dependencies: bool = False
-) -> tuple[str, ...]:
-    return await _run(directory, None, lambda m: m.heads(verbose, resolve_dependencies))  # type: ignore[no-any-return]
-
-
-async def branches(directory: str | None = None, verbose: bool = False) -> tuple[str, ...]:
-    return await _run(directory, None, lambda m: m.branches(verbose))  # type: ignore[no-any-return]
-
-
-async def current(directory: str | None = None, verbose: bool = False) -> tuple[str, ...]:
-    return await _run(directory, None, lambda m: m.current(verbose))  # type: ignore[no-any-return]
-
-
-async def stamp(
-    directory: str | None = None,
-    revision: str | Sequence[str] = "head",
-    sql: bool = False,
-    tag: str | None = None,
-    purge: bool = False,
-) -> None:
-    await _run(directory, None, lambda m: m.stamp(revision, sql, tag, purge))
-
-
-async def check(directory: str | None = None) -> None:
-    await _run(directory, None, lambda m: m.check())

@@ -96,16 +96,16 @@ class Migrator(MigratorBase):
     # -- commands: scripts only ---------------------------------------------------------------------------
 
     async def list_templates(self) -> list[tuple[str, str]]:
-        """The migration environment templates ``init`` can use, as ``(name, synopsis)`` pairs; Alembic's
-        listing goes to ``stdout``."""
-        from alembic import command
-
-        await self._run(command.list_templates, self.get_config())
+        """The migration environment templates ``init`` can use, as ``(name, synopsis)`` pairs, also listed
+        to ``stdout`` as Alembic lists its own (with this package's ``init`` command as the example)."""
         templates = []
         for path in sorted(TEMPLATES_DIRECTORY.iterdir()):
             readme = path / "README"
             if readme.is_file():
                 templates.append((path.name, readme.read_text().splitlines()[0].strip()))
+        listed = "\n".join(f"{name} - {synopsis}" for name, synopsis in templates)
+        self._print(f"Available templates:\n\n{listed}\n\nTemplates are used via the 'init' command,"
+                    " e.g.:\n\n  quart db init --template async-multidb")  # fmt: skip
         return templates
 
     async def init(self, template: str | None = None, package: bool = False) -> None:
@@ -249,6 +249,7 @@ class Migrator(MigratorBase):
 
         if hook is not None:
             refuse_autogenerate(self.directory, self.metadata, sql)
+            self._refuse_empty_metadata("migrate")
         online = hook is not None or (alembic_bridge.revision_environment(config) and not sql)
         try:
             async with self._connected(online) as connections:
@@ -412,10 +413,7 @@ class Migrator(MigratorBase):
         script = self.script_directory(config)
         if strict:
             refuse_unreviewed(script)
-        if self.metadata is None and not any(metadata for _, metadata in self.binds.values()):
-            raise ConfigurationError(
-                "check needs the models' MetaData: pass metadata= to Migrator (or db= to Migrate)."
-            )
+        self._refuse_empty_metadata("check", required=True)
         async with self.connect_binds() as connections:
             await self._ensure_at_heads(connections, script, "check")
             try:
@@ -446,8 +444,7 @@ class Migrator(MigratorBase):
         if sql:
             from alembic import command
 
-            config = self.get_config(x_arg)
-            await self._run(lambda c: command.upgrade(c, revision, sql=True, tag=tag), config)
+            await self._offline(lambda c: command.upgrade(c, revision, sql=True, tag=tag), x_arg)
             return ()
         if self.binds:  # each database in turn, each behind its own lock
             applied = await self._each_database(
@@ -497,12 +494,14 @@ class Migrator(MigratorBase):
         self._ensure_directory()
         config = self.get_config(x_arg)
         if sql:
+            if revision == "-1":
+                revision = "head:-1"  # as Flask-Migrate: offline, one step back from the head
             if ":" not in revision:
                 raise CommandError(
-                    "downgrade --sql needs a range <from>:<to> (e.g. head:-1 is not allowed offline; "
-                    "name the revisions): offline mode cannot read the database's current revision."
+                    f"downgrade --sql needs a range <from>:<to> (e.g. head:-1, the default), not "
+                    f"{revision!r}: offline mode cannot read the database's current revision."
                 )
-            await self._run(lambda c: command.downgrade(c, revision, sql=True, tag=tag), config)
+            await self._offline(lambda c: command.downgrade(c, revision, sql=True, tag=tag), x_arg)
             return ()
         if self.binds:
             undone = await self._each_database(
@@ -540,9 +539,7 @@ class Migrator(MigratorBase):
         config = self.get_config()
         revs: Any = revision if isinstance(revision, str) else list(revision)
         if sql:
-            await self._run(
-                lambda c: command.stamp(c, revs, sql=True, tag=tag, purge=purge), config
-            )
+            await self._offline(lambda c: command.stamp(c, revs, sql=True, tag=tag, purge=purge))
             return
         if self.binds:
             await self._each_database(lambda child: child.stamp(revision, tag=tag, purge=purge))

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import alembic_bridge
 from .alembic_bridge import SYS_STDOUT, ConfigureCallback
-from .autogenerate import ensure_at_heads
-from .database import Database, checked_metadata, engine_from
+from .autogenerate import ensure_at_heads, refuse_empty_metadata
+from .database import Database, NoDatabase, checked_metadata, engine_from
 from .ddl_guard import DDLGuard
 from .errors import ConfigurationError
 from .locking import run_locked
@@ -61,7 +61,7 @@ class MigratorBase:
 
     def __init__(
         self,
-        engine_or_url: AsyncEngine | URL | str,
+        engine_or_url: AsyncEngine | URL | str | NoDatabase,
         metadata: MetaData | None = None,
         directory: str | Path = "migrations",
         *,
@@ -287,6 +287,29 @@ class MigratorBase:
             url=self.database.sqlalchemy_url,
             multidb=bool(self.binds) or self.bind_name is not None,
         )
+
+    #: Let ``migrate`` and ``check`` run with a MetaData that has no tables (an empty schema really meant);
+    #: by default they refuse, since models not imported would make every table look dropped.
+    allow_empty_metadata = False
+
+    def _refuse_empty_metadata(self, command: str, required: bool = False) -> None:
+        metadata = [self.metadata, *(m for _, m in self.binds.values())]
+        if required and not any(m is not None for m in metadata):
+            raise ConfigurationError(
+                f"{command} needs the models' MetaData: pass metadata= to Migrator (or db= to Migrate)."
+            )
+        refuse_empty_metadata(command, metadata, self.allow_empty_metadata)
+
+    def _print(self, text: str) -> None:
+        if self.stdout is not None:
+            self.stdout.write(text + "\n")
+
+    async def _offline(
+        self, call: Callable[[Config], None], x_arg: Sequence[str] | None = None
+    ) -> None:
+        """An Alembic command in offline mode (``--sql``): SQL in the database's dialect, to ``stdout``."""
+        self.database.require()  # the dialect must be known, even with no connection
+        await self._run(call, self.get_config(x_arg))
 
     async def _ensure_at_heads(
         self, connections: Mapping[str, AsyncConnection], script: ScriptDirectory, command_name: str

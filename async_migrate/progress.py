@@ -115,7 +115,8 @@ class AppliedRecorder:
         self.applied.append(revision)
         self.durations.append((elapsed, revision))
         direction = "upgrade" if step.is_upgrade else "downgrade"
-        doc = getattr(step.up_revision, "doc", "") or ""
+        # A script without a message has its whole docstring as doc: its first line is the message.
+        doc = next(iter((getattr(step.up_revision, "doc", "") or "").strip().splitlines()), "")
         if self.progress is not None:
             self.progress.applied(len(self.applied), self.total, revision, doc, elapsed)
         else:
@@ -147,22 +148,51 @@ class AppliedRecorder:
 
 
 class TerminalProgress:
-    """One line on a terminal, rewritten for each revision applied, then a summary line."""
+    """One live line on a terminal, rewritten as each revision is applied: revision n of N, its id and
+    message, the time so far and the time left at the pace so far; then a summary line. Log lines that
+    come meanwhile go above it (:meth:`clear` and :meth:`redraw` around them)."""
 
     def __init__(self, stream: Any = None) -> None:
         self.stream = stream or sys.stderr
+        self.line = ""
+        self._started = time.monotonic()
+        self._spent = 0.0
 
     def applied(
         self, index: int, total: int | None, revision: str, doc: str, seconds: float
     ) -> None:
+        self._spent += seconds
+        elapsed = time.monotonic() - self._started
         width = len(str(total)) if total else 1
         count = f"{index:>{width}}/{total}" if total else f"{index}"
-        line = f"[{count}] {revision} {doc}"[:100]
-        self.stream.write(f"\r\x1b[K{line} ({seconds:.3f}s)")
-        self.stream.flush()
+        left = (
+            f", about {self._spent / index * (total - index):.0f}s left"
+            if total and index < total
+            else ""
+        )
+        self.line = f"[{count}] {revision} {doc}"[:72] + f" ({elapsed:.1f}s{left})"
+        self.redraw()
+
+    def clear(self) -> None:
+        if self.line:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+    def redraw(self) -> None:
+        if self.line:
+            self.stream.write(f"\r\x1b[K{self.line}")
+            self.stream.flush()
+
+    def close(self) -> None:
+        """End the live line (a command that failed half-way): what follows starts on a line of its own."""
+        if self.line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.line = ""
 
     def finished(self, count: int, seconds: float, slowest: Sequence[tuple[float, str]]) -> None:
         listed = ", ".join(f"{rev} {secs:.3f}s" for secs, rev in slowest)
+        self.line = ""
         self.stream.write(
             f"\r\x1b[KApplied {count} revision(s) in {seconds:.3f}s (slowest: {listed})\n"
         )
