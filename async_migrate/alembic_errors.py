@@ -208,17 +208,26 @@ def script_error(exc: BaseException) -> CommandError | None:
         for frame in traceback.extract_tb(exc.__traceback__)
         if not frame.filename.startswith(("<", *installed))
     ]
-    # Only when the innermost frame of the user's code is a module body: an error raised inside a
-    # revision's upgrade() is a failed migration, not a broken script.
-    if not user_frames or user_frames[-1].name != "<module>":
+    # Flask-Migrate's env.py fails in its own functions (get_engine: no Flask app), wherever it is.
+    flask_env = next(
+        (
+            f
+            for f in user_frames
+            if Path(f.filename).name == "env.py" and _is_flask_migrate_env(f.filename)
+        ),
+        None,
+    )
+    # Otherwise only when the innermost frame of the user's code is a module body: an error raised
+    # inside a revision's upgrade() is a failed migration, not a broken script.
+    if flask_env is None and (not user_frames or user_frames[-1].name != "<module>"):
         return None
-    frame = user_frames[-1]
-    if Path(frame.filename).name == "env.py" and _is_flask_migrate_env(frame.filename):
+    frame = flask_env or user_frames[-1]
+    if flask_env is not None:
         return CommandError(
             f"{frame.filename} is Flask-Migrate's env.py (it uses Flask's current_app), which cannot run "
-            "under async_migrate. Keep your versions/ scripts and replace the environment: `quart db init "
-            "-d <new folder>`, copy versions/ into it, and use that folder (or copy its env.py over this "
-            "one). Nothing was applied."
+            "under async_migrate. Convert the folder in place with `quart db init --convert` (env.py "
+            "replaced and the old one kept; alembic.ini's settings and versions/ kept). Nothing was "
+            "applied."
         )
     return CommandError(
         f"Cannot load {frame.filename}, line {frame.lineno}: {type(exc).__name__}: {sentence(str(exc))}. "

@@ -66,11 +66,31 @@ def list_templates(ctx: click.Context) -> None:
     is_flag=True,
     help="Write empty __init__.py files to the environment and version locations",
 )
+@click.option(
+    "--convert",
+    is_flag=True,
+    help="Turn the existing Flask-Migrate migrations folder into an async_migrate one, in place: env.py "
+    "replaced (the old one kept as env.py.flask-migrate), alembic.ini's settings and versions/ kept",
+)
 @click.pass_context
 def init(
-    ctx: click.Context, directory: str | None, multidb: bool, template: str | None, package: bool
+    ctx: click.Context,
+    directory: str | None,
+    multidb: bool,
+    template: str | None,
+    package: bool,
+    convert: bool,
 ) -> None:
     """Creates a new migration repository."""
+    if convert:
+        from .convert import convert_flask_migrate
+
+        async def conversion(m: Migrator) -> list[str]:
+            return convert_flask_migrate(m.directory, multidb=True if multidb else None).lines()
+
+        for line in run_command(ctx, conversion, directory):
+            click.echo(line)
+        return
     chosen = template or ("async-multidb" if multidb else None)
     run_command(ctx, lambda m: m.init(chosen, package), directory)
 
