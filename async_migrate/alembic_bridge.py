@@ -23,7 +23,7 @@ import sys
 import warnings
 import weakref
 from argparse import Namespace
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 
@@ -196,6 +196,23 @@ def load_scripts(config: Config, url: URL | None = None) -> ScriptDirectory:
     except Exception as exc:
         locations = script_heads.locations_of(script) if script is not None else None
         raise broken_history(exc, locations) or script_error(exc) or exc from None
+
+
+@contextlib.contextmanager
+def warned_once(script: ScriptDirectory) -> Iterator[None]:
+    """Around an Alembic command that loads the scripts again after :func:`load_scripts` did (autogenerate
+    and ``check`` make their own ScriptDirectory): the scripts' import-time warnings, shown by that first
+    load, are not shown twice. Other warnings pass as they would."""
+    folders = [Path(p).resolve() for p in script_heads.locations_of(script) or ()]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        yield
+    for warning in seen:
+        source = Path(warning.filename).resolve()
+        if not any(folder in source.parents for folder in folders):
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
 
 
 def cached_heads(

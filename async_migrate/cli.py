@@ -10,20 +10,27 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from .cli_options import (
+    DIRECTORY_HELP,
+    RENAMES_HELP,
+    X_ARG_HELP,
+    allow_empty_option,
+    ddl_options,
+    ddl_overrides,
+    lock_options,
+    lock_overrides,
+    revision_options,
+)
 from .cli_runner import DIRECTORY_KEY, TRACEBACK_KEY, X_ARG_KEY, run_command
 from .graph import FORMATS
 from .migrator import Migrator
 
 if TYPE_CHECKING:
     from .review import RenamePolicy, Review
-
-DIRECTORY_HELP = 'Migration script directory (default is "migrations")'
-X_ARG_HELP = "Additional arguments consumed by custom env.py scripts"
 
 
 @click.group()
@@ -95,12 +102,6 @@ def init(
     run_command(ctx, lambda m: m.init(chosen, package), directory)
 
 
-RENAMES_HELP = (
-    "What to do with a drop + add that may be a rename: ask (the default on a terminal), yes (rename), "
-    "no (keep drop + add, with a warning; the default otherwise)"
-)
-
-
 def _rename_policy(renames: str | None) -> RenamePolicy:
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     if renames == "ask" or (renames is None and interactive):
@@ -117,58 +118,6 @@ def _print_review(review: Review) -> None:
     """The review's findings, each once, on stderr (instead of the log lines of the API)."""
     for message in review.messages():
         click.echo(f"WARNING: {message}", err=True)
-
-
-def _revision_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(
-        [
-            click.option("-d", "--directory", default=None, help=DIRECTORY_HELP),
-            click.option("-m", "--message", default=None, help="Revision message"),
-            click.option(
-                "--sql",
-                is_flag=True,
-                help="Don't emit SQL to database - dump to standard output instead",
-            ),
-            click.option(
-                "--head",
-                default="head",
-                help="Specify head revision or <branchname>@head to base new revision on",
-            ),
-            click.option(
-                "--splice",
-                is_flag=True,
-                help='Allow a non-head revision as the "head" to splice onto',
-            ),
-            click.option(
-                "--branch-label",
-                default=None,
-                help="Specify a branch label to apply to the new revision",
-            ),
-            click.option(
-                "--version-path",
-                default=None,
-                help="Specify specific path from config for version file",
-            ),
-            click.option(
-                "--rev-id",
-                default=None,
-                help="Specify a hardcoded revision id instead of generating one",
-            ),
-            click.option("-x", "--x-arg", multiple=True, help=X_ARG_HELP),
-        ]
-    ):
-        f = option(f)
-    return f
-
-
-ALLOW_EMPTY_HELP = (
-    "Run although the models' MetaData has no tables (refused by default: models not imported would "
-    "make every table look dropped)"
-)
-
-
-def _allow_empty_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--allow-empty-metadata", is_flag=True, help=ALLOW_EMPTY_HELP)(f)
 
 
 async def _model_changes(m: Migrator) -> int:
@@ -194,14 +143,14 @@ async def _model_changes(m: Migrator) -> int:
 
 
 @db.command()
-@_revision_options
+@revision_options
 @click.option("--renames", type=click.Choice(["ask", "yes", "no"]), default=None, help=RENAMES_HELP)
 @click.option(
     "--autogenerate",
     is_flag=True,
     help="Populate revision script with candidate migration operations, based on comparison of database to model",
 )
-@_allow_empty_option
+@allow_empty_option
 @click.pass_context
 def revision(
     ctx: click.Context,
@@ -240,10 +189,10 @@ def revision(
 
 
 @db.command()
-@_revision_options
+@revision_options
 @click.option("--renames", type=click.Choice(["ask", "yes", "no"]), default=None, help=RENAMES_HELP)
 @click.option("--autogenerate", is_flag=True, hidden=True, help="Always on for migrate")
-@_allow_empty_option
+@allow_empty_option
 @click.pass_context
 def migrate(
     ctx: click.Context,
@@ -309,64 +258,6 @@ def merge(
     )
 
 
-def _ddl_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option(
-        "--statement-timeout",
-        type=float,
-        default=None,
-        help="PostgreSQL: seconds any migration statement may run (default: no limit)",
-    )(f)
-    f = click.option(
-        "--ddl-retries",
-        type=click.IntRange(min=1),
-        default=None,
-        help="How many times a revision that hit the DDL lock timeout is tried in all (default 5)",
-    )(f)
-    return click.option(
-        "--ddl-lock-timeout",
-        type=float,
-        default=None,
-        help="Seconds a statement may wait for a table lock before its revision is rolled back and "
-        "retried (default 5 on PostgreSQL, off on MySQL/MariaDB; 0 waits forever)",
-    )(f)
-
-
-def _ddl_overrides(
-    ddl_lock_timeout: float | None, ddl_retries: int | None, statement_timeout: float | None
-) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    if ddl_lock_timeout is not None:
-        overrides["ddl_lock_timeout"] = ddl_lock_timeout or None
-    if ddl_retries is not None:
-        overrides["ddl_retry_attempts"] = ddl_retries
-    if statement_timeout is not None:
-        overrides["statement_timeout"] = statement_timeout or None
-    return overrides
-
-
-def _lock_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option(
-        "--lock-timeout",
-        type=float,
-        default=None,
-        help="Seconds to wait for another migrator's lock (default: MIGRATE_LOCK_TIMEOUT, 60)",
-    )(f)
-    return click.option(
-        "--no-lock",
-        is_flag=True,
-        help="Don't take the migration lock (for databases where it cannot work)",
-    )(f)
-
-
-def _lock_overrides(no_lock: bool, lock_timeout: float | None) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    if no_lock:
-        overrides["lock"] = False
-    if lock_timeout is not None:
-        overrides["lock_timeout"] = lock_timeout
-    return overrides
-
-
 @db.command()
 @click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
 @click.option(
@@ -376,8 +267,8 @@ def _lock_overrides(no_lock: bool, lock_timeout: float | None) -> dict[str, Any]
     "--tag", default=None, help='Arbitrary "tag" name - can be used by custom env.py scripts'
 )
 @click.option("-x", "--x-arg", multiple=True, help=X_ARG_HELP)
-@_lock_options
-@_ddl_options
+@lock_options
+@ddl_options
 @click.argument("revision", default="head")
 @click.pass_context
 def upgrade(
@@ -407,8 +298,8 @@ def upgrade(
         directory,
         x_arg,
         progress=True,
-        **_lock_overrides(no_lock, lock_timeout),
-        **_ddl_overrides(ddl_lock_timeout, ddl_retries, statement_timeout),
+        **lock_overrides(no_lock, lock_timeout),
+        **ddl_overrides(ddl_lock_timeout, ddl_retries, statement_timeout),
     )
     if nothing_to_do:
         click.echo(nothing_to_do)
@@ -423,8 +314,8 @@ def upgrade(
     "--tag", default=None, help='Arbitrary "tag" name - can be used by custom env.py scripts'
 )
 @click.option("-x", "--x-arg", multiple=True, help=X_ARG_HELP)
-@_lock_options
-@_ddl_options
+@lock_options
+@ddl_options
 @click.argument("revision", default="-1")
 @click.pass_context
 def downgrade(
@@ -447,8 +338,8 @@ def downgrade(
         directory,
         x_arg,
         progress=True,
-        **_lock_overrides(no_lock, lock_timeout),
-        **_ddl_overrides(ddl_lock_timeout, ddl_retries, statement_timeout),
+        **lock_overrides(no_lock, lock_timeout),
+        **ddl_overrides(ddl_lock_timeout, ddl_retries, statement_timeout),
     )
 
 
@@ -545,7 +436,7 @@ def current(ctx: click.Context, directory: str | None, verbose: bool) -> None:
 @click.option(
     "--purge", is_flag=True, help="Delete all entries in the version table before stamping"
 )
-@_lock_options
+@lock_options
 @click.argument("revision", nargs=-1)
 @click.pass_context
 def stamp(
@@ -566,7 +457,7 @@ def stamp(
         ctx,
         lambda m: m.stamp(target, sql, tag, purge),
         directory,
-        **_lock_overrides(no_lock, lock_timeout),
+        **lock_overrides(no_lock, lock_timeout),
     )
 
 
@@ -578,7 +469,7 @@ def stamp(
     help="Also fail while a revision script still has a '# WARNING:' comment from the autogenerate "
     "review",
 )
-@_allow_empty_option
+@allow_empty_option
 @click.pass_context
 def check(
     ctx: click.Context, directory: str | None, strict: bool, allow_empty_metadata: bool

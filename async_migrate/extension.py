@@ -329,11 +329,13 @@ class Migrate:
         self.command = command or self.command
         self.directory = str(directory or self.directory)
         self.engine = engine if engine is not None else self.engine
-        ctx_kwargs = {**self.alembic_ctx_kwargs, **kwargs}
+        # As Flask-Migrate: what init_app is given stays on the extension, for later apps too.
+        self.alembic_ctx_kwargs.update(kwargs)
         if compare_type is not None:
-            ctx_kwargs["compare_type"] = compare_type
+            self.alembic_ctx_kwargs["compare_type"] = compare_type
         if render_as_batch is not None:
-            ctx_kwargs["render_as_batch"] = render_as_batch
+            self.alembic_ctx_kwargs["render_as_batch"] = render_as_batch
+        ctx_kwargs = dict(self.alembic_ctx_kwargs)
         metadata_of(self.db)  # fail now, not at the first command, on a db we cannot use
         for spec in self.binds.values():
             metadata_of(split_bind(spec)[1])

@@ -180,3 +180,32 @@ def test_module_functions_take_flask_migrates_and_our_parameters(sqlite_project:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "HEADS ('" in result.stdout and "DOC True" in result.stdout
+
+
+def test_init_app_keeps_its_keywords_on_the_extension() -> None:
+    """Flask-Migrate's init_app(app, db, **kwargs) updates migrate.alembic_ctx_kwargs."""
+    import sqlalchemy as sa
+    from quart import Quart
+
+    from async_migrate import Migrate
+
+    migrate = Migrate(compare_type=False)
+    migrate.init_app(Quart(__name__), sa.MetaData(), render_as_batch=False, include_schemas=True)
+    assert migrate.alembic_ctx_kwargs == {
+        "compare_type": False,
+        "render_as_batch": False,
+        "include_schemas": True,
+    }
+
+
+def test_a_scripts_import_time_warning_shows_once(sqlite_project: Project) -> None:
+    project = sqlite_project
+    project.db("init")
+    project.db("migrate", "-m", "first")
+    project.db("upgrade")
+    script = project.versions()[0]
+    script.write_text('import warnings; warnings.warn("mind this script")\n' + script.read_text())
+    for command in (["migrate", "-m", "nothing"], ["check"], ["history"]):
+        result = project.quart("db", *command)
+        said = result.stdout + result.stderr
+        assert said.count("UserWarning: mind this script") == 1, (command, said)
