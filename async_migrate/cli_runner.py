@@ -1,15 +1,19 @@
-"""How one ``quart db`` command runs: the app's Migrator, one event loop, and an error as one paragraph.
+"""How one ``db`` command runs: a Migrator from wherever the command was started, one event loop, and an
+error as one paragraph.
 
-:func:`run_command` loads the app (``quart --app``), takes a Migrator from its extension (whatever
-``app.extensions["migrate"]`` holds, :class:`MigratorSource`), runs the command's coroutine on it in one
-event loop (``asyncio.run``) inside the app context, and disposes of the engines before that loop ends.
-An :class:`~async_migrate.errors.AsyncMigrateError` prints ``Error: ...`` and exits 1 (``-v`` adds the
-traceback).
+:func:`run_command` asks the click context for the :class:`CommandSource`: the one a group put there
+(``async-migrate``'s options, :func:`async_migrate.console.add_migration_commands`), else the Quart app
+of ``quart --app`` (its ``ScriptInfo`` loads it; its ``app.extensions["migrate"]`` makes the Migrator),
+found without importing Quart here. It runs the command's coroutine on that Migrator in one event loop
+(``asyncio.run``), inside the source's scope (the app context), and disposes of the engines before that
+loop ends. An :class:`~async_migrate.errors.AsyncMigrateError` prints ``Error: ...`` and exits 1
+(``-v`` adds the traceback).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import traceback
@@ -17,8 +21,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import click
-from quart import Quart
-from quart.cli import ScriptInfo
 
 from .errors import NO_EXTENSION, AsyncMigrateError, ConfigurationError
 from .migrator import Migrator
@@ -30,6 +32,21 @@ T = TypeVar("T")
 DIRECTORY_KEY = "async_migrate.directory"
 X_ARG_KEY = "async_migrate.x_arg"
 TRACEBACK_KEY = "async_migrate.traceback"
+#: Where a group puts the :class:`CommandSource` its commands use.
+SOURCE_KEY = "async_migrate.source"
+
+
+class CommandSource(Protocol):
+    """Where a command's Migrator comes from."""
+
+    def migrator(self, directory: str | None, x_arg: Sequence[str], **overrides: Any) -> Migrator:
+        """A Migrator; ``overrides`` are settings by their Migrator keyword."""
+
+    def scope(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """What the command runs inside (a Quart app context; nothing for a plain Migrator)."""
+
+    async def dispose_engines(self) -> None:
+        """Dispose of engines the source lent, once a command's event loop ends."""
 
 
 @runtime_checkable
@@ -38,7 +55,7 @@ class MigratorSource(Protocol):
 
     def migrator(
         self,
-        app: Quart,
+        app: Any,
         directory: str | None = None,
         x_arg: Sequence[str] | None = None,
         **overrides: Any,
@@ -47,6 +64,39 @@ class MigratorSource(Protocol):
 
     async def dispose_engines(self) -> None:
         """Dispose of the app's engines once a command's event loop ends."""
+
+
+class AppSource:
+    """The Quart app a ``quart --app`` command runs for, and its extension's Migrators."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        state = app.extensions.get("migrate")
+        if not isinstance(state, MigratorSource):
+            raise ConfigurationError(NO_EXTENSION)
+        self.state = state
+
+    def migrator(self, directory: str | None, x_arg: Sequence[str], **overrides: Any) -> Migrator:
+        return self.state.migrator(self.app, directory, x_arg, **overrides)
+
+    def scope(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        return self.app.app_context()  # type: ignore[no-any-return]
+
+    async def dispose_engines(self) -> None:
+        await self.state.dispose_engines()
+
+
+def command_source(ctx: click.Context) -> CommandSource:
+    """The source a group set, else the Quart app that ``quart`` (its ScriptInfo, the root's obj) loads."""
+    found = ctx.meta.get(SOURCE_KEY)
+    if found is not None:
+        return found  # type: ignore[no-any-return]
+    script_info = ctx.find_root().obj
+    if script_info is None or not hasattr(script_info, "load_app"):
+        raise click.UsageError(
+            "These commands run under `quart --app <module> db ...` or `async-migrate ...`."
+        )
+    return AppSource(script_info.load_app())
 
 
 def run_command(
@@ -61,19 +111,15 @@ def run_command(
     """Load the app and run ``action`` on its Migrator in one event loop, inside the app context.
     ``overrides`` are settings for the Migrator; with ``progress``, an upgrade or downgrade draws its
     progress line on a terminal."""
-    script_info = ctx.find_object(ScriptInfo) or ScriptInfo()
-    app: Quart = script_info.load_app()
+    source = command_source(ctx)
     directory = directory or ctx.meta.get(DIRECTORY_KEY)
     x_args = [*ctx.meta.get(X_ARG_KEY, ()), *(x_arg or ())]
     handler = show_log_lines()
     terminal = TerminalProgress() if progress and sys.stderr.isatty() else None
 
     async def main() -> T:
-        source = app.extensions.get("migrate")
-        if not isinstance(source, MigratorSource):
-            raise ConfigurationError(NO_EXTENSION)
-        async with app.app_context():
-            migrator = source.migrator(app, directory, x_args, **overrides)
+        async with source.scope():
+            migrator = source.migrator(directory, x_args, **overrides)
             migrator.progress = terminal
             try:
                 return await action(migrator)
