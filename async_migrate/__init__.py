@@ -26,6 +26,7 @@ from .errors import (
     UnreviewedWarningsError,
 )
 from .migrator import MigrationStatus, Migrator
+from .startup import startup_upgrade
 
 if TYPE_CHECKING:
     from .app_commands import (
@@ -68,14 +69,18 @@ _QUART_NAMES = {
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Migrate":
-        from .extension import Migrate
-
-        return Migrate
     if name in _QUART_NAMES:
-        from . import app_commands
-
-        return getattr(app_commands, name)
+        try:
+            from . import app_commands, extension
+        except ModuleNotFoundError as exc:
+            if exc.name != "quart":
+                raise
+            raise ImportError(
+                f"async_migrate.{name} is the Quart integration, and Quart is not installed: "
+                "`pip install 'async_migrate[quart]'`. (Migrator and the async-migrate command need "
+                "no framework.)"
+            ) from None
+        return getattr(extension if name == "Migrate" else app_commands, name)
     raise AttributeError(f"module 'async_migrate' has no attribute {name!r}")
 
 
@@ -113,5 +118,6 @@ __all__ = [
     "revision",
     "show",
     "stamp",
+    "startup_upgrade",
     "upgrade",
 ]

@@ -37,6 +37,9 @@ from .urls import async_url, hide_password, render_url
 
 log = logging.getLogger("async_migrate")
 
+# The extra of this package that installs each asyncio driver.
+_DRIVER_EXTRAS = {"asyncpg": "postgresql", "aiosqlite": "sqlite", "asyncmy": "mysql"}
+
 # SQLSTATEs worth retrying a connection for: too many clients, server starting up, connection failures.
 _TRANSIENT_SQLSTATES = {"53300", "57P03", "08000", "08001", "08003", "08004", "08006"}
 
@@ -225,9 +228,15 @@ class Database:
             try:
                 self._engine = engine_for(self.sqlalchemy_url)
             except ModuleNotFoundError as exc:
+                driver = exc.name or self.sqlalchemy_url.get_driver_name()
+                extra = _DRIVER_EXTRAS.get(driver)
+                how = (
+                    f"`pip install 'async_migrate[{extra}]'`"
+                    if extra
+                    else f"`pip install {driver}`"
+                )
                 raise ConfigurationError(
-                    f"The database driver for {self.url} is not installed ({exc}): install it, e.g. "
-                    f"`pip install {exc.name or self.sqlalchemy_url.get_driver_name()}`."
+                    f"The database driver for {self.url} is not installed ({exc}): install it with {how}."
                 ) from None
         return self._engine
 

@@ -19,6 +19,7 @@ from . import cli
 from .alembic_bridge import SYS_STDOUT, ConfigureCallback
 from .database import NoDatabase
 from .errors import NO_EXTENSION, AsyncMigrateError, ConfigurationError
+from .health import status_body
 from .migrator import MigrationStatus, Migrator
 from .settings import MigrationSettings, config_key
 from .startup import startup_upgrade
@@ -405,6 +406,7 @@ async def _auto_upgrade() -> None:
             migrator,
             state.settings["MIGRATE_UPGRADE_TARGET"],
             allow_db_ahead=bool(state.settings["MIGRATE_ALLOW_DB_AHEAD"]),
+            connect_timeout=None,  # the app config's, set on the Migrator above
             startup_timeout=float(state.settings["MIGRATE_STARTUP_TIMEOUT"] or 0) or None,
         )
     finally:
@@ -423,12 +425,7 @@ def healthz_blueprint(path: str = "/healthz") -> Blueprint:
             status = await state_of(app).status(app)
         except AsyncMigrateError as exc:
             return {"status": "error", "error": str(exc)}, 503
-        body = {
-            "status": "ok" if status.at_head else ("migrating" if status.migrating else "behind"),
-            "revision": list(status.current_heads),
-            "heads": list(status.script_heads),
-            "migrating": status.migrating,
-        }
-        return body, 200 if status.at_head else 503
+        code, body = status_body(status)
+        return body, code
 
     return blueprint

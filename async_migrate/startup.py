@@ -1,7 +1,10 @@
 """The upgrade an app runs as it starts, before it serves: any framework's startup hook can await it.
 
-The Quart extension's ``before_serving`` hook runs :func:`startup_upgrade`; the lock, the no-op fast path
-and the retries of a database still coming up are the :class:`~async_migrate.migrator.Migrator`'s.
+A FastAPI or Starlette lifespan, a Litestar ``on_startup``, a plain script: ``await
+startup_upgrade(migrator)``. The Quart extension's ``before_serving`` hook runs it too. The lock, the no-op
+fast path and the retries of a database still coming up are the
+:class:`~async_migrate.migrator.Migrator`'s; this adds the startup's own rules: log what happens (where
+the app set up no logging, on stderr), refuse to serve on a wrong schema, end waits in time.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ log = logging.getLogger("async_migrate")
 async def startup_upgrade(
     migrator: Migrator,
     target: str = "head",
+    *,
     allow_db_ahead: bool = False,
+    connect_timeout: float | None = 30.0,
     startup_timeout: float | None = None,
 ) -> tuple[str, ...]:
     """Bring the database to ``target`` (behind the migration lock), logging what happened; return the
@@ -29,12 +34,14 @@ async def startup_upgrade(
     there, or it is at a revision these scripts don't know (unless ``allow_db_ahead``: a newer release
     migrated it, and this one serves anyway, with a warning).
 
-    ``startup_timeout`` (seconds; None or 0: none) bounds the waits, connecting and for the lock, whatever
-    ``connect_timeout`` and ``lock_timeout`` say: set it below the server's own startup timeout
-    (Hypercorn's ``startup_timeout``, 60 s), so that a replica kept waiting fails with a
-    :class:`LockTimeoutError` that says why, not with the server's bare timeout. A migration already
-    running under the lock is not cut short by it."""
+    ``connect_timeout`` (s; None: the Migrator's own, by default one try): retries of a database still
+    coming up. ``startup_timeout`` (s; None or 0: none) ends the waits (connecting, for the lock) before the
+    server's own startup timeout (Hypercorn: 60 s), with a :class:`LockTimeoutError` that says why; a
+    migration already running under the lock is not cut short by it."""
     started = time.monotonic()
+    show_log_lines()
+    if connect_timeout is not None:
+        migrator.connect_timeout = connect_timeout
     try:
         log.info("Startup upgrade of %s to %s", migrator.url, target)
         with _waits_bounded(started, startup_timeout):
@@ -87,3 +94,17 @@ def _waits_bounded(
         "the server's startup timeout (Hypercorn: startup_timeout, 60s); run long migrations as a "
         "release step or Job (`quart db upgrade`, MIGRATE_AUTO_UPGRADE = False)",
     )
+
+
+def show_log_lines() -> None:
+    """Where the app set up no logging at all (uvicorn configures only its own loggers), our INFO lines go
+    to stderr: a startup that waits for another replica, or applies revisions, says so."""
+    ours = logging.getLogger("async_migrate")
+    chain: list[logging.Logger] = [ours, logging.getLogger()]
+    if any(not isinstance(h, logging.NullHandler) for lg in chain for h in lg.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)-5.5s [%(name)s] %(message)s"))
+    ours.addHandler(handler)
+    if ours.level == logging.NOTSET:
+        ours.setLevel(logging.INFO)

@@ -137,3 +137,24 @@ def test_commands_embedded_in_any_click_group(tmp_path: Path) -> None:
     assert upgraded.exit_code == 0, upgraded.output
     assert query(url, "SELECT version_num FROM alembic_version") == [("e01",)]
     assert "Already at head (e01)." in runner.invoke(manage, ["db", "upgrade"]).output
+
+
+def test_readiness_for_any_framework(tmp_path: Path) -> None:
+    import asyncio
+
+    from async_migrate.health import readiness
+
+    from conftest import chain, make_migrations
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ready.db'}"
+
+    async def probe() -> list[tuple[int, dict[str, object]]]:
+        directory = await make_migrations(url, tmp_path / "migrations", chain(2))
+        async with Migrator(url, None, directory, stdout=None) as migrator:
+            behind = await readiness(migrator)
+            await migrator.upgrade()
+            return [behind, await readiness(migrator)]
+
+    behind, ready = asyncio.run(probe())
+    assert behind == (503, {"status": "behind", "revision": [], "heads": ["r02"], "migrating": False})
+    assert ready == (200, {"status": "ok", "revision": ["r02"], "heads": ["r02"], "migrating": False})

@@ -1,0 +1,72 @@
+"""The FastAPI example under its real server: uvicorn with four workers, each upgrading in its lifespan
+behind the migration lock, on an empty PostgreSQL database with 30 revisions."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import LOG_COUNTS, chain, expected_log, make_migrations, query, run
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fastapi_app"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, object]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def test_four_uvicorn_workers_on_an_empty_database(pg_url: str, tmp_path: Path) -> None:
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("fastapi")
+    slow = {i: ['op.execute("SELECT pg_sleep(0.05)")'] for i in range(1, 31)}
+    migrations = run(make_migrations(pg_url, tmp_path / "migrations", chain(30, slow)))
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(DATABASE_URL=pg_url, MIGRATIONS_DIR=str(migrations), PYTHONDONTWRITEBYTECODE="1")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--workers", "4", "--port", str(port), "app:app"],
+        cwd=EXAMPLE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                status, body = _get(f"http://127.0.0.1:{port}/healthz/")
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, server.communicate()[0]
+            assert time.monotonic() < deadline, "uvicorn did not get ready"
+            time.sleep(0.2)
+        assert body == {"status": "ok", "revision": ["r30"], "heads": ["r30"], "migrating": False}
+        answers = [_get(f"http://127.0.0.1:{port}/healthz/")[0] for _ in range(8)]  # any worker
+        assert set(answers) == {200}, answers
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=60)[0]
+    assert query(pg_url, LOG_COUNTS) == expected_log(30)  # each revision applied once
+    assert output.count("Application startup complete.") == 4, output
+    # Our lines show though the app set up no logging: one worker migrated, the others waited.
+    assert output.count("Startup upgrade of") == 4, output
+    assert output.count("Applied 30 revision(s)") == 1, output
+    assert "Traceback" not in output, output
