@@ -1,5 +1,6 @@
-"""The FastAPI example under its real server: uvicorn with four workers, each upgrading in its lifespan
-behind the migration lock, on an empty PostgreSQL database with 30 revisions."""
+"""The examples without Quart under their real server: uvicorn with several workers, each upgrading as it
+starts (FastAPI and Starlette: the lifespan; Litestar: on_startup) behind the migration lock, on an empty
+PostgreSQL database with 30 revisions."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 
 from conftest import LOG_COUNTS, chain, expected_log, make_migrations, query, run
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fastapi_app"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def _free_port() -> int:
@@ -34,23 +35,33 @@ def _get(url: str) -> tuple[int, object]:
         return error.code, json.loads(error.read() or b"null")
 
 
-def test_four_uvicorn_workers_on_an_empty_database(pg_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "example, framework, workers, health",
+    [
+        ("fastapi_app", "fastapi", 4, "/healthz/"),
+        ("starlette_app", "starlette", 2, "/healthz/"),
+        ("litestar_app", "litestar", 2, "/healthz"),
+    ],
+)
+def test_uvicorn_workers_on_an_empty_database(
+    pg_url: str, tmp_path: Path, example: str, framework: str, workers: int, health: str
+) -> None:
     pytest.importorskip("uvicorn")
-    pytest.importorskip("fastapi")
+    pytest.importorskip(framework)
     slow = {i: ['op.execute("SELECT pg_sleep(0.05)")'] for i in range(1, 31)}
     migrations = run(make_migrations(pg_url, tmp_path / "migrations", chain(30, slow)))
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(DATABASE_URL=pg_url, MIGRATIONS_DIR=str(migrations), PYTHONDONTWRITEBYTECODE="1")
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--workers", "4", "--port", str(port), "app:app"],
-        cwd=EXAMPLE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "uvicorn", "--workers", str(workers), "--port", str(port), "app:app"],
+        cwd=EXAMPLES / example, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 90
         while True:
             try:
-                status, body = _get(f"http://127.0.0.1:{port}/healthz/")
+                status, body = _get(f"http://127.0.0.1:{port}{health}")
                 if status == 200:
                     break
             except OSError:
@@ -59,14 +70,14 @@ def test_four_uvicorn_workers_on_an_empty_database(pg_url: str, tmp_path: Path) 
             assert time.monotonic() < deadline, "uvicorn did not get ready"
             time.sleep(0.2)
         assert body == {"status": "ok", "revision": ["r30"], "heads": ["r30"], "migrating": False}
-        answers = [_get(f"http://127.0.0.1:{port}/healthz/")[0] for _ in range(8)]  # any worker
+        answers = [_get(f"http://127.0.0.1:{port}{health}")[0] for _ in range(8)]  # any worker
         assert set(answers) == {200}, answers
     finally:
         server.terminate()
         output = server.communicate(timeout=60)[0]
     assert query(pg_url, LOG_COUNTS) == expected_log(30)  # each revision applied once
-    assert output.count("Application startup complete.") == 4, output
+    assert output.count("Application startup complete.") == workers, output
     # Our lines show though the app set up no logging: one worker migrated, the others waited.
-    assert output.count("Startup upgrade of") == 4, output
+    assert output.count("Startup upgrade of") == workers, output
     assert output.count("Applied 30 revision(s)") == 1, output
     assert "Traceback" not in output, output
