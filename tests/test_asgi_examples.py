@@ -4,6 +4,7 @@ PostgreSQL database with 30 revisions."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LOG_COUNTS, chain, expected_log, make_migrations, query, run
+from conftest import LOG_COUNTS, chain, expected_log, make_migrations, query, run, unavailable
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -46,8 +47,9 @@ def _get(url: str) -> tuple[int, object]:
 def test_uvicorn_workers_on_an_empty_database(
     pg_url: str, tmp_path: Path, example: str, framework: str, workers: int, health: str
 ) -> None:
-    pytest.importorskip("uvicorn")
-    pytest.importorskip(framework)
+    for module in ("uvicorn", framework):
+        if importlib.util.find_spec(module) is None:
+            unavailable(f"{module} is not installed (the test extra has it)")
     slow = {i: ['op.execute("SELECT pg_sleep(0.05)")'] for i in range(1, 31)}
     migrations = run(make_migrations(pg_url, tmp_path / "migrations", chain(30, slow)))
     port = _free_port()
