@@ -1,4 +1,4 @@
-"""nox sessions: tests (SQLite and PostgreSQL), lint, typecheck, bench."""
+"""nox sessions: tests (SQLite and PostgreSQL), lint, typecheck, bench, docs."""
 
 from __future__ import annotations
 
@@ -36,3 +36,11 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("bash", "scripts/start-postgres", external=True)
     session.run("python", "-m", "bench", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The docs site (Sphinx, autodoc, sphinx-click, MyST), warnings as errors: docs/_build/html."""
+    session.install("-e", ".[docs,all]")
+    args = ["-E", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html"]
+    session.run("python", "-m", "sphinx", *args, *session.posargs)

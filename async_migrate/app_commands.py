@@ -86,7 +86,7 @@ async def revision(
     renames: RenamePolicy = "no",
 ) -> Script | None:
     """Write a new revision script (from the models with ``autogenerate``, reviewed: see
-    :meth:`Migrator.revision` for ``renames``); return it, or None when autogenerate found nothing."""
+    :meth:`~async_migrate.migrator.Migrator.revision` for ``renames``); return it, or None when autogenerate found nothing."""
     return await _run(
         directory,
         x_arg,

@@ -68,9 +68,9 @@ class Migrator(MigratorBase):
     :param directory: the migrations directory (``alembic.ini``, ``env.py``, ``versions/``).
     :param lock: take the migration lock around upgrade, downgrade and stamp. Turn it off only for databases
         where it cannot work; then make sure only one process migrates at a time.
-    :param lock_timeout: seconds to wait for another migrator before giving up with :class:`LockTimeoutError`.
+    :param lock_timeout: seconds to wait for another migrator before giving up with :class:`~async_migrate.errors.LockTimeoutError`.
     :param connect_timeout: seconds to keep retrying a database that refuses connections (still starting,
-        too many clients) before giving up with :class:`DatabaseUnreachableError`; 0 tries once.
+        too many clients) before giving up with :class:`~async_migrate.errors.DatabaseUnreachableError`; 0 tries once.
     :param stdout: where Alembic's text output goes (history listings, ``--sql`` output); ``None`` drops it.
     :param configure: callbacks that receive the Alembic :class:`~alembic.config.Config` and return it.
     :param x_arg: ``-x`` arguments passed to env.py with every command.
@@ -82,7 +82,7 @@ class Migrator(MigratorBase):
     :param ddl_retry_backoff: seconds before the second attempt, doubled for each further one.
     :param statement_timeout: PostgreSQL only: seconds any migration statement may run; None: no limit.
     :param bookkeeping_timeout: seconds a statement around the migration (version table, lock; not the
-        revisions') may go unanswered before the connection counts as broken (:class:`ConnectionLostError`).
+        revisions') may go unanswered before the connection counts as broken (:class:`~async_migrate.errors.ConnectionLostError`).
     :param binds: the other databases of a multi-database setup: name -> (engine or URL, metadata).
     :param bind_name: set on the Migrators :meth:`bind_migrators` makes, one per database.
     :param context_kwargs: passed to ``context.configure()`` in env.py (``compare_type``, ``render_as_batch``,
@@ -402,9 +402,9 @@ class Migrator(MigratorBase):
         )
 
     async def check(self, strict: bool = False) -> None:
-        """Raise :class:`ModelsDifferError` when the models differ from the database; else return None.
+        """Raise :class:`~async_migrate.errors.ModelsDifferError` when the models differ from the database; else return None.
 
-        :param strict: also raise :class:`UnreviewedWarningsError` while any revision script still has a
+        :param strict: also raise :class:`~async_migrate.errors.UnreviewedWarningsError` while any revision script still has a
             ``# WARNING:`` comment from the autogenerate review (delete each once its operation is reviewed).
         """
         from alembic import command

@@ -337,7 +337,7 @@ class MigratorBase:
         self, deadline: float | None = None
     ) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         """One connection set up for migrations, retrying transient failures until ``deadline``
-        (``time.monotonic()``; default: ``connect_timeout`` from now). See :meth:`Database.connect`."""
+        (``time.monotonic()``; default: ``connect_timeout`` from now). See ``Database.connect``."""
         return self.database.connect(deadline if deadline is not None else self._deadline())
 
     def _deadline(self) -> float:

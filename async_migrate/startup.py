@@ -36,7 +36,7 @@ async def startup_upgrade(
 
     ``connect_timeout`` (s; None: the Migrator's own, by default one try): retries of a database still
     coming up. ``startup_timeout`` (s; None or 0: none) ends the waits (connecting, for the lock) before the
-    server's own startup timeout (Hypercorn: 60 s), with a :class:`LockTimeoutError` that says why; a
+    server's own startup timeout (Hypercorn: 60 s), with a :class:`~async_migrate.errors.LockTimeoutError` that says why; a
     migration already running under the lock is not cut short by it."""
     started = time.monotonic()
     show_log_lines()
