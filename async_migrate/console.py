@@ -6,7 +6,8 @@ differs. First found wins, for each of the database URL, the models and the migr
 - ``--url`` / ``DATABASE_URL``; ``--metadata module:attr`` (a ``MetaData``, a declarative base, or anything
   with ``.metadata``); ``-d`` / ``--directory``;
 - ``--app module:attr``: a :class:`~async_migrate.migrator.Migrator`, or a zero-argument callable
-  returning one (then it is used as it is, and the options above are not needed);
+  returning one (then it is used as it is, and the options above are not needed), or an app with the
+  ``Migrate`` extension (a Quart app: its engine, settings and app context, as ``quart db`` would);
 - ``[tool.async_migrate]`` in ``pyproject.toml`` of the current folder: ``url``, ``metadata``, ``app``,
   ``directory``, and every Migrator setting by its keyword name (``lock_timeout = 30``).
 
@@ -32,7 +33,7 @@ import click
 import sqlalchemy as sa
 
 from .cli import db
-from .cli_runner import DIRECTORY_KEY, SOURCE_KEY, TRACEBACK_KEY, X_ARG_KEY
+from .cli_runner import DIRECTORY_KEY, SOURCE_KEY, TRACEBACK_KEY, X_ARG_KEY, AppSource
 from .database import NoDatabase
 from .errors import ConfigurationError
 from .migrator import Migrator
@@ -113,15 +114,29 @@ class ConsoleSource:
         self.app = app or settings.get("app")
         self.directory = settings.get("directory")
         self.settings = {k: v for k, v in settings.items() if k in MigrationSettings.names()}
+        self._resolved = False
+        self._app_source: AppSource | None = None
+        self._given: Any = None
+
+    def _resolve(self) -> None:
+        """Import what --app names, once, as the command runs (its errors are then one paragraph)."""
+        if self._resolved or not self.app:
+            return
+        self._resolved = True
+        found = load_object(self.app, "--app")
+        extensions = getattr(found, "extensions", None)
+        if isinstance(extensions, dict) and "migrate" in extensions:
+            # An app with the Migrate extension (a Quart app): its settings, engine and app context.
+            self._app_source = AppSource(found)
+        else:
+            self._given = found
 
     def migrator(self, directory: str | None, x_arg: Sequence[str], **overrides: Any) -> Migrator:
+        self._resolve()
+        if self._app_source is not None:
+            return self._app_source.migrator(directory or self.directory, x_arg, **overrides)
         if self.app:
-            return configured(
-                given_migrator(load_object(self.app, "--app"), self.app),
-                directory,
-                x_arg,
-                overrides,
-            )
+            return configured(given_migrator(self._given, self.app), directory, x_arg, overrides)
         return Migrator(
             self.url or NoDatabase(NO_URL),
             metadata_from(self.metadata) if self.metadata else None,
@@ -131,10 +146,15 @@ class ConsoleSource:
         )
 
     def scope(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        self._resolve()
+        if self._app_source is not None:
+            return self._app_source.scope()
         return contextlib.nullcontext()
 
     async def dispose_engines(self) -> None:
-        """Nothing: each Migrator disposes of the engine it made."""
+        """An app's engines; nothing otherwise (each Migrator disposes of the engine it made)."""
+        if self._app_source is not None:
+            await self._app_source.dispose_engines()
 
 
 class FactorySource:
@@ -209,7 +229,9 @@ def _keep_options(
     "--metadata", default=None, help="The models: module:attr of a MetaData or a declarative base"
 )
 @click.option(
-    "--app", default=None, help="module:attr of a Migrator, or of a callable returning one"
+    "--app",
+    default=None,
+    help="module:attr of a Migrator, a callable returning one, or an app with the Migrate extension",
 )
 @_group_options
 @click.pass_context

@@ -158,3 +158,27 @@ def test_readiness_for_any_framework(tmp_path: Path) -> None:
     behind, ready = asyncio.run(probe())
     assert behind == (503, {"status": "behind", "revision": [], "heads": ["r02"], "migrating": False})
     assert ready == (200, {"status": "ok", "revision": ["r02"], "heads": ["r02"], "migrating": False})
+
+
+def test_app_option_takes_a_quart_app_with_migrate(tmp_path: Path) -> None:
+    """`async-migrate --app app:app` runs on a Quart app's Migrate setup, as `quart db` would."""
+    from conftest import APP
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'quart.db'}"
+    (tmp_path / "models.py").write_text(textwrap.dedent(MODELS_V1))
+    (tmp_path / "app.py").write_text(textwrap.dedent(APP))
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "DATABASE_URL": url}
+    for args in (["init"], ["migrate", "-m", "first"], ["upgrade"], ["current"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "async_migrate", "--app", "app:app", *args],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, (args, result.stderr)
+    assert "(head)" in result.stdout
+    assert "account" in tables(url)
+    missing = subprocess.run(
+        [sys.executable, "-m", "async_migrate", "--app", "nosuchmodule:app", "current"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "Cannot import 'nosuchmodule'" in missing.stderr, missing
+    assert "Traceback" not in missing.stderr
