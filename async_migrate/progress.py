@@ -53,6 +53,8 @@ class AppliedRecorder:
         #: How many revisions the run will apply, when known.
         self.total: int | None = None
         self.applied: list[str] = []
+        #: How the summary says what was done: "Applied" (upgrades), "Reverted" (downgrades).
+        self.verb = "Applied"
         #: The version table's revisions after the last step recorded (before that step's COMMIT).
         self.heads: tuple[str, ...] | None = None
         self.durations: list[tuple[float, str]] = []
@@ -133,13 +135,18 @@ class AppliedRecorder:
             return
         slowest_three = sorted(self.durations, reverse=True)[:3]
         if self.progress is not None:
+            if isinstance(self.progress, TerminalProgress):
+                self.progress.verb = self.verb
             self.progress.finished(
                 len(self.applied), time.monotonic() - self._started, slowest_three
             )
             return
         slowest = ", ".join(f"{rev} {secs:.3f}s" for secs, rev in slowest_three)
         log.info(
-            "Applied %d revision(s) to %s in %.3fs (slowest: %s)",
+            # A fixed format string per direction: log handlers may match on it.
+            "Applied %d revision(s) to %s in %.3fs (slowest: %s)"
+            if self.verb == "Applied"
+            else "Reverted %d revision(s) of %s in %.3fs (slowest: %s)",
             len(self.applied),
             self.url,
             time.monotonic() - self._started,
@@ -155,6 +162,7 @@ class TerminalProgress:
     def __init__(self, stream: Any = None) -> None:
         self.stream = stream or sys.stderr
         self.line = ""
+        self.verb = "Applied"
         self._started = time.monotonic()
         self._spent = 0.0
 
@@ -194,6 +202,6 @@ class TerminalProgress:
         listed = ", ".join(f"{rev} {secs:.3f}s" for secs, rev in slowest)
         self.line = ""
         self.stream.write(
-            f"\r\x1b[KApplied {count} revision(s) in {seconds:.3f}s (slowest: {listed})\n"
+            f"\r\x1b[K{self.verb} {count} revision(s) in {seconds:.3f}s (slowest: {listed})\n"
         )
         self.stream.flush()

@@ -100,6 +100,8 @@ class MigrationRun:
         self.bind_name = bind_name
         self.known = known
         self.recorder = AppliedRecorder(database.url, progress)
+        if self.direction == "downgrade":
+            self.recorder.verb = "Reverted"
         #: Whether Alembic ran to its end (every revision applied, as far as this client knows).
         self.finished = False
         self.started_at: tuple[str, ...] = ()

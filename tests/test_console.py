@@ -72,7 +72,8 @@ def test_the_workflow_from_pyproject_alone(folder: Path, db_url: str) -> None:
     ok(console(folder, "migrate", "-m", "add email"))
     ok(console(folder, "upgrade"))
     assert "email" in tables(db_url)["account"]
-    ok(console(folder, "downgrade"))
+    reverted = ok(console(folder, "downgrade"))
+    assert "Reverted 1 revision(s)" in reverted.stderr, reverted.stderr
     assert "email" not in tables(db_url)["account"]
     assert ok(console(folder, "upgrade")).returncode == 0
     assert ok(console(folder, "upgrade")).stdout.strip().startswith("Already at head (")
