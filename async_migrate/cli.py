@@ -21,11 +21,13 @@ from .cli_options import (
     allow_empty_option,
     ddl_options,
     ddl_overrides,
+    group_options,
+    keep_options,
     lock_options,
     lock_overrides,
     revision_options,
 )
-from .cli_runner import DIRECTORY_KEY, TRACEBACK_KEY, X_ARG_KEY, run_command
+from .cli_runner import run_command
 from .graph import FORMATS
 from .migrator import Migrator
 
@@ -34,25 +36,13 @@ if TYPE_CHECKING:
 
 
 @click.group()
-@click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)
-@click.option("-x", "--x-arg", multiple=True, help=X_ARG_HELP)
-@click.option(
-    "-v",
-    "--verbose",
-    "show_traceback",
-    is_flag=True,
-    help="Show the traceback of an error too. (After a command name, as in `history -v`, -v means that "
-    "command's verbose output.)",
-)
+@group_options
 @click.pass_context
 def db(
     ctx: click.Context, directory: str | None, x_arg: tuple[str, ...], show_traceback: bool
 ) -> None:
     """Perform database migrations."""
-    # No app context exists in a group callback: the options travel on the click context.
-    ctx.meta[DIRECTORY_KEY] = directory
-    ctx.meta[X_ARG_KEY] = x_arg
-    ctx.meta[TRACEBACK_KEY] = show_traceback
+    keep_options(ctx, directory, x_arg, show_traceback)
 
 
 @db.command("list-templates")

@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from .cli_runner import DIRECTORY_KEY, TRACEBACK_KEY, X_ARG_KEY
+
 DIRECTORY_HELP = 'Migration script directory (default is "migrations")'
 X_ARG_HELP = "Additional arguments consumed by custom env.py scripts"
 
@@ -124,3 +126,24 @@ def lock_overrides(no_lock: bool, lock_timeout: float | None) -> dict[str, Any]:
     if lock_timeout is not None:
         overrides["lock_timeout"] = lock_timeout
     return overrides
+
+
+def group_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of every group of migration commands: -d, -x, -v (kept by :func:`keep_options`)."""
+    f = click.option(
+        "-v", "--verbose", "show_traceback", is_flag=True,
+        help="Show the traceback of an error too. (After a command name, as in `history -v`, -v means "
+        "that command's verbose output.)",
+    )(f)  # fmt: skip
+    f = click.option("-x", "--x-arg", multiple=True, help=X_ARG_HELP)(f)
+    return click.option("-d", "--directory", default=None, help=DIRECTORY_HELP)(f)
+
+
+def keep_options(
+    ctx: click.Context, directory: str | None, x_arg: tuple[str, ...], show_traceback: bool
+) -> None:
+    """The group's options, on the click context for its commands (a group callback has no app
+    context)."""
+    ctx.meta[DIRECTORY_KEY] = directory
+    ctx.meta[X_ARG_KEY] = x_arg
+    ctx.meta[TRACEBACK_KEY] = show_traceback

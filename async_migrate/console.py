@@ -33,7 +33,8 @@ import click
 import sqlalchemy as sa
 
 from .cli import db
-from .cli_runner import DIRECTORY_KEY, SOURCE_KEY, TRACEBACK_KEY, X_ARG_KEY, AppSource
+from .cli_options import group_options, keep_options
+from .cli_runner import SOURCE_KEY, AppSource
 from .database import NoDatabase
 from .errors import ConfigurationError
 from .migrator import Migrator
@@ -197,26 +198,6 @@ def configured(
     return migrator
 
 
-def _group_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option(
-        "-v", "--verbose", "show_traceback", is_flag=True,
-        help="Show the traceback of an error too. (After a command name, as in `history -v`, -v means "
-        "that command's verbose output.)",
-    )(f)  # fmt: skip
-    f = click.option("-x", "--x-arg", multiple=True, help="Additional arguments for env.py")(f)
-    return click.option(
-        "-d", "--directory", default=None, help='Migration script directory (default "migrations")'
-    )(f)
-
-
-def _keep_options(
-    ctx: click.Context, directory: str | None, x_arg: tuple[str, ...], show_traceback: bool
-) -> None:
-    ctx.meta[DIRECTORY_KEY] = directory
-    ctx.meta[X_ARG_KEY] = x_arg
-    ctx.meta[TRACEBACK_KEY] = show_traceback
-
-
 @click.group(
     name="async-migrate",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -233,7 +214,7 @@ def _keep_options(
     default=None,
     help="module:attr of a Migrator, a callable returning one, or an app with the Migrate extension",
 )
-@_group_options
+@group_options
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -247,7 +228,7 @@ def main(
     """Alembic migrations for async SQLAlchemy apps, behind a database lock: the commands of Flask-Migrate's
     `flask db`, for any app. The database, models and folder come from the options, else DATABASE_URL,
     else [tool.async_migrate] in pyproject.toml."""
-    _keep_options(ctx, directory, x_arg, show_traceback)
+    keep_options(ctx, directory, x_arg, show_traceback)
     ctx.meta[SOURCE_KEY] = ConsoleSource(url, metadata, app, project_settings(Path.cwd()))
 
 
@@ -259,12 +240,12 @@ def add_migration_commands(
     ``make_migrator()`` returns. Returns the new subgroup."""
 
     @click.group(name=name, commands=db.commands, help="Perform database migrations.")
-    @_group_options
+    @group_options
     @click.pass_context
     def migrations(
         ctx: click.Context, directory: str | None, x_arg: tuple[str, ...], show_traceback: bool
     ) -> None:
-        _keep_options(ctx, directory, x_arg, show_traceback)
+        keep_options(ctx, directory, x_arg, show_traceback)
         ctx.meta[SOURCE_KEY] = FactorySource(make_migrator)
 
     group.add_command(migrations)

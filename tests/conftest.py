@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import fcntl
+import json
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -599,3 +602,19 @@ def project(tmp_path: Path, db_url: str) -> Project:
     proj = Project(root, db_url)
     proj.write_models(MODELS_V1)
     return proj
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def get_json(url: str) -> tuple[int, object]:
+    """GET ``url``: the status and the JSON body, also of an error status."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")

@@ -5,39 +5,35 @@ PostgreSQL database with 30 revisions."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import LOG_COUNTS, chain, expected_log, make_migrations, query, run, unavailable
+from conftest import (
+    LOG_COUNTS,
+    chain,
+    expected_log,
+    free_port,
+    get_json,
+    make_migrations,
+    query,
+    run,
+    unavailable,
+)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
-def _get(url: str) -> tuple[int, object]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
 
 
 @pytest.mark.parametrize(
-    "example, framework, workers, health",
+    "module, framework, workers, health",
     [
         ("fastapi_app", "fastapi", 4, "/healthz/"),
         ("starlette_app", "starlette", 2, "/healthz/"),
@@ -45,25 +41,25 @@ def _get(url: str) -> tuple[int, object]:
     ],
 )
 def test_uvicorn_workers_on_an_empty_database(
-    pg_url: str, tmp_path: Path, example: str, framework: str, workers: int, health: str
+    pg_url: str, tmp_path: Path, module: str, framework: str, workers: int, health: str
 ) -> None:
-    for module in ("uvicorn", framework):
-        if importlib.util.find_spec(module) is None:
-            unavailable(f"{module} is not installed (the test extra has it)")
+    for package in ("uvicorn", framework):
+        if importlib.util.find_spec(package) is None:
+            unavailable(f"{package} is not installed (the test extra has it)")
     slow = {i: ['op.execute("SELECT pg_sleep(0.05)")'] for i in range(1, 31)}
     migrations = run(make_migrations(pg_url, tmp_path / "migrations", chain(30, slow)))
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(DATABASE_URL=pg_url, MIGRATIONS_DIR=str(migrations), PYTHONDONTWRITEBYTECODE="1")
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--workers", str(workers), "--port", str(port), "app:app"],
-        cwd=EXAMPLES / example, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "uvicorn", "--workers", str(workers), "--port", str(port), f"{module}:app"],
+        cwd=EXAMPLES / "asgi_apps", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 90
         while True:
             try:
-                status, body = _get(f"http://127.0.0.1:{port}{health}")
+                status, body = get_json(f"http://127.0.0.1:{port}{health}")
                 if status == 200:
                     break
             except OSError:
@@ -72,7 +68,7 @@ def test_uvicorn_workers_on_an_empty_database(
             assert time.monotonic() < deadline, "uvicorn did not get ready"
             time.sleep(0.2)
         assert body == {"status": "ok", "revision": ["r30"], "heads": ["r30"], "migrating": False}
-        answers = [_get(f"http://127.0.0.1:{port}{health}")[0] for _ in range(8)]  # any worker
+        answers = [get_json(f"http://127.0.0.1:{port}{health}")[0] for _ in range(8)]  # any worker
         assert set(answers) == {200}, answers
     finally:
         server.terminate()

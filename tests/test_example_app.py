@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest import query, tables
+from conftest import free_port, get_json, query, tables
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "quart_app"
 
@@ -59,22 +58,12 @@ def test_example_with_quart_test_client(db_url: str) -> None:
     assert set(tables(db_url)["note"]) == {"id", "notebook_id", "title", "body", "created_at"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
-def _get(url: str) -> tuple[int, object]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
 
 
 def test_example_served_by_hypercorn(sqlite_url: str) -> None:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}", "app:app"],
         cwd=EXAMPLE,
@@ -87,7 +76,7 @@ def test_example_served_by_hypercorn(sqlite_url: str) -> None:
         deadline = time.monotonic() + 60
         while True:
             try:
-                status, body = _get(f"http://127.0.0.1:{port}/healthz")
+                status, body = get_json(f"http://127.0.0.1:{port}/healthz")
                 break
             except OSError:
                 assert server.poll() is None, server.stdout.read() if server.stdout else ""
@@ -103,7 +92,7 @@ def test_example_served_by_hypercorn(sqlite_url: str) -> None:
         )
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 201
-        assert _get(f"http://127.0.0.1:{port}/notebooks") == (200, [{"id": 1, "name": "home"}])
+        assert get_json(f"http://127.0.0.1:{port}/notebooks") == (200, [{"id": 1, "name": "home"}])
     finally:
         server.terminate()
         output = server.communicate(timeout=30)[0]

@@ -30,6 +30,7 @@ from conftest import (
     PG_SERVER,
     chain,
     expected_log,
+    free_port,
     make_migrations,
     query,
     run,
@@ -39,10 +40,6 @@ from conftest import (
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class PgBouncer:

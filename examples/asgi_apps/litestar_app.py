@@ -1,6 +1,6 @@
 """The notes API on Litestar: the startup upgrade in ``on_startup``, the readiness probe as a route.
 
-    uvicorn --workers 2 app:app
+    uvicorn --workers 2 litestar_app:app
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from models import Base, Note
 HERE = Path(__file__).resolve().parent
 engine = create_async_engine(os.environ.get("DATABASE_URL") or f"sqlite+aiosqlite:///{HERE / 'notes.db'}")
 sessions = async_sessionmaker(engine, expire_on_commit=False)
-MIGRATIONS = os.environ.get("MIGRATIONS_DIR") or HERE.parent / "fastapi_app" / "migrations"
+MIGRATIONS = os.environ.get("MIGRATIONS_DIR") or HERE / "migrations"
 
 
 def make_migrator() -> Migrator:

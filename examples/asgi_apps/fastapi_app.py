@@ -1,7 +1,10 @@
 """A small notes API: FastAPI + async SQLAlchemy, its schema kept by async_migrate, no Quart anywhere.
 
-    uvicorn --workers 4 app:app                      # each worker upgrades as it starts; one migrates
-    async-migrate --app app:make_migrator current    # or any other command, from this folder
+    uvicorn --workers 4 fastapi_app:app                      # each worker upgrades as it starts
+    async-migrate --app fastapi_app:make_migrator current    # or any other command, from this folder
+
+starlette_app.py and litestar_app.py are the same API on those frameworks, on the same models and
+migrations.
 
 SQLite (./notes.db) by default; DATABASE_URL=postgresql+asyncpg://... for PostgreSQL. MIGRATIONS_DIR
 points at another migrations folder (the tests use one with many revisions).

@@ -1,6 +1,6 @@
 """The notes API on Starlette alone: the same lifespan upgrade and readiness probe as the FastAPI example.
 
-    uvicorn --workers 2 app:app
+    uvicorn --workers 2 starlette_app:app
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from models import Base, Note
 HERE = Path(__file__).resolve().parent
 engine = create_async_engine(os.environ.get("DATABASE_URL") or f"sqlite+aiosqlite:///{HERE / 'notes.db'}")
 sessions = async_sessionmaker(engine, expire_on_commit=False)
-MIGRATIONS = os.environ.get("MIGRATIONS_DIR") or HERE.parent / "fastapi_app" / "migrations"
+MIGRATIONS = os.environ.get("MIGRATIONS_DIR") or HERE / "migrations"
 
 
 def make_migrator() -> Migrator:
