@@ -208,15 +208,16 @@ class _LockQueue:
             if not self.job.is_done(current):
                 self.job.check(current)
                 await self._work(connection, current)
-        except BaseException:
-            # The failure is what to report; a release that fails as well (the connection is gone)
-            # must not hide it. A session that cannot give the lock back is closed, and a lost one
-            # is ended by _after_loss.
-            failed_while = self.phase
-            with contextlib.suppress(Exception):
-                async with self._bookkeeping(connection, "giving back the migration lock"):
-                    await release_lock(self.lock, connection)
-            self.phase = failed_while
+        except BaseException as exc:
+            # A connection that broke holds its lock on a session only _after_loss can reach (and
+            # end); any other failure gives the lock back here. The failure is what to report: a
+            # release that fails as well must not hide it.
+            if not (isinstance(exc, Exception) and connection_lost(exc)):
+                failed_while = self.phase
+                with contextlib.suppress(Exception):
+                    async with self._bookkeeping(connection, "giving back the migration lock"):
+                        await release_lock(self.lock, connection)
+                self.phase = failed_while
             raise
         async with self._bookkeeping(connection, "giving back the migration lock"):
             await release_lock(self.lock, connection)

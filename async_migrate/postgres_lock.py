@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import logging
 import struct
+import time
 from collections.abc import Callable
 
 from sqlalchemy import event, text
@@ -165,9 +166,12 @@ class PostgresAdvisoryLock(MigrationLock):
     async def _unlock_on(self, connection: AsyncConnection, session: int, key: int) -> bool:
         """Unlock on server session ``session``, where the lock was taken. On a direct connection the
         first transaction is there; behind a pooler that moved this connection away, the lock is undone
-        in whichever transaction lands there again, else that session is ended if it is idle (the pooler
-        then drops it, and no client's transaction is cut). True when this connection undid it itself."""
-        for _ in range(_UNLOCK_TRIES):
+        in whichever transaction lands there again, else that session is ended the moment it is idle
+        (the pooler then drops it, and no client's transaction is cut), for up to
+        :data:`_UNLOCK_PATIENCE` seconds. True when this connection undid it itself."""
+        deadline = time.monotonic() + _UNLOCK_PATIENCE
+        tries = 0
+        while True:
             pid, released = (
                 await connection.execute(
                     text(
@@ -183,24 +187,34 @@ class PostgresAdvisoryLock(MigrationLock):
             await connection.commit()
             if pid == session:
                 return bool(released)
-        ended = (
-            await connection.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE pid = :session AND state = 'idle'"
-                ),
-                {"session": session},
-            )
-        ).scalar()
-        await connection.commit()
-        log.warning(
-            "Ended idle server session %s, which held the %s"
-            if ended
-            else "The %s stays with server session %s until the pooler closes it (on a direct "
-            "connection: SELECT pg_terminate_backend(%s))",
-            *((session, self.description) if ended else (self.description, session, session)),
-        )
-        return False
+            tries += 1
+            # A pooler that keeps handing this client another session: end the lock's once it is idle.
+            if tries >= _UNLOCK_TRIES:
+                ended = (
+                    await connection.execute(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE pid = :session AND state = 'idle'"
+                        ),
+                        {"session": session},
+                    )
+                ).scalar()
+                await connection.commit()
+                if ended:
+                    log.warning(
+                        "Ended idle server session %s, which held the %s", session, self.description
+                    )
+                    return False
+            if time.monotonic() > deadline:
+                log.warning(
+                    "The %s stays with server session %s until the pooler closes it (on a direct "
+                    "connection: SELECT pg_terminate_backend(%s))",
+                    self.description,
+                    session,
+                    session,
+                )
+                return False
+            await asyncio.sleep(0.005 if tries < _UNLOCK_TRIES else 0.02)
 
     def _pooled(
         self,
@@ -215,10 +229,9 @@ class PostgresAdvisoryLock(MigrationLock):
 
     async def release(self, connection: AsyncConnection) -> None:
         self._unwatch_sessions()
-        if connection.invalidated:
-            # The session broke: its lock went with it, or goes with end_lost_session(). Any statement
-            # now would run on a new session, which holds nothing.
-            return
+        # Also on a connection closed meanwhile (a session in an unknown state is discarded): through a
+        # pooler, the reconnected connection may land on the lock's server session, which lives on.
+        # (A connection that broke is not given back here: locking._after_loss ends its session.)
         # A failed migration leaves the transaction aborted; an unlock inside it would fail too.
         await connection.rollback()
         key = await self.key(connection)
@@ -298,8 +311,10 @@ class PostgresAdvisoryLock(MigrationLock):
         )
 
 
-# Transactions tried for landing on the session a pooler left the lock on, before ending that session.
+# Transactions tried for landing on the session a pooler left the lock on, before also trying to end
+# that session whenever it is idle; and the seconds all of it may take.
 _UNLOCK_TRIES = 20
+_UNLOCK_PATIENCE = 5.0
 
 # On the lock's session, the server probes a silent client every few seconds and gives up on one that
 # does not answer (or acknowledge what it was sent) within 30 s, which ends the session and its lock. The
