@@ -14,6 +14,9 @@ from .errors import (
     ConnectionLostError,
     DatabaseUnreachableError,
     DDLLockTimeoutError,
+    EditedScriptError,
+    LedgerError,
+    LedgerFindingsError,
     LockError,
     LockNotSupportedError,
     LockTimeoutError,
@@ -25,6 +28,8 @@ from .errors import (
     UnknownRevisionError,
     UnreviewedWarningsError,
 )
+from .ledger import LedgerEntry
+from .ledger_checks import Finding
 from .migrator import MigrationStatus, Migrator
 from .startup import startup_upgrade
 
@@ -91,6 +96,11 @@ __all__ = [
     "ConnectionLostError",
     "DDLLockTimeoutError",
     "DatabaseUnreachableError",
+    "EditedScriptError",
+    "Finding",
+    "LedgerEntry",
+    "LedgerError",
+    "LedgerFindingsError",
     "LockError",
     "LockNotSupportedError",
     "LockTimeoutError",

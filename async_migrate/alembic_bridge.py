@@ -157,6 +157,14 @@ def env_settings(
     return found
 
 
+def add_version_callbacks(config: Config, *callbacks: Callable[..., None]) -> None:
+    """Have env.py's ``context.configure()`` call ``callbacks`` (``on_version_apply``) before any the
+    user configured."""
+    configure_kwargs = config.attributes[SETTINGS_KEY]["configure_kwargs"]
+    user = configure_kwargs.get("on_version_apply") or ()
+    configure_kwargs["on_version_apply"] = (*callbacks, *((user,) if callable(user) else user))
+
+
 def revision_environment(config: Config) -> bool:
     """Whether alembic.ini asks for env.py to run even for commands that only write scripts."""
     value = config.get_alembic_option("revision_environment")

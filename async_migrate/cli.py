@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .cli_ledger import COMMANDS
 from .cli_options import (
     DIRECTORY_HELP,
     RENAMES_HELP,
@@ -259,6 +260,11 @@ def merge(
 @click.option("-x", "--x-arg", multiple=True, help=X_ARG_HELP)
 @lock_options
 @ddl_options
+@click.option(
+    "--allow-edited",
+    is_flag=True,
+    help="Upgrade although a script applied earlier was edited since (a warning each; see verify)",
+)
 @click.argument("revision", default="head")
 @click.pass_context
 def upgrade(
@@ -272,6 +278,7 @@ def upgrade(
     ddl_lock_timeout: float | None,
     ddl_retries: int | None,
     statement_timeout: float | None,
+    allow_edited: bool,
     revision: str,
 ) -> None:
     """Upgrade to a later version"""
@@ -290,6 +297,7 @@ def upgrade(
         progress=True,
         **lock_overrides(no_lock, lock_timeout),
         **ddl_overrides(ddl_lock_timeout, ddl_retries, statement_timeout),
+        **({"allow_edited": True} if allow_edited else {}),
     )
     if nothing_to_do:
         click.echo(nothing_to_do)
@@ -483,3 +491,7 @@ def doctor(ctx: click.Context, directory: str | None) -> None:
         click.echo(line)
     if not diagnosis.healthy:
         ctx.exit(1)
+
+
+for _command in COMMANDS:  # the ledger's commands live in their own module
+    db.add_command(_command)

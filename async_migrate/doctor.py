@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -95,7 +95,7 @@ async def diagnose(
     async with database.connect(deadline) as connection:
         found.current_heads = await database.read_current_heads(connection)
         _revisions(found, script)
-        await _untracked_tables(found, database, connection)
+        await _untracked_tables(found, database, connection, context_kwargs.get("include_name"))
         at_heads = set(found.current_heads) == set(found.script_heads)
         if metadata is not None and not metadata.tables:
             found.problems.append(
@@ -139,13 +139,23 @@ def _revisions(found: Diagnosis, script: ScriptDirectory) -> None:
 
 
 async def _untracked_tables(
-    found: Diagnosis, database: Database, connection: AsyncConnection
+    found: Diagnosis,
+    database: Database,
+    connection: AsyncConnection,
+    include_name: Callable[[str, str, dict[str, Any]], bool] | None,
 ) -> None:
-    """Tables in a database whose version table is missing or empty."""
+    """Tables in a database whose version table is missing or empty (but those migrations leave out:
+    the ledger, what the user's ``include_name`` excludes)."""
+    schema = database.version_table_schema
 
     def other_tables(sync_connection: Connection) -> list[str]:
-        names = sa.inspect(sync_connection).get_table_names(schema=database.version_table_schema)
-        return sorted(name for name in names if name != database.version_table)
+        names = sa.inspect(sync_connection).get_table_names(schema=schema)
+        return sorted(
+            name
+            for name in names
+            if name != database.version_table
+            and (include_name is None or include_name(name, "table", {"schema_name": schema}))
+        )
 
     existing = await connection.run_sync(other_tables)
     await connection.rollback()

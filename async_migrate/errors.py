@@ -188,3 +188,23 @@ def sqlstate(exc: BaseException) -> str | None:
         if isinstance(state, str):
             return state
     return None
+
+
+class EditedScriptError(CommandError):
+    """``upgrade`` found a script applied earlier that was edited since (see ``verify``)."""
+
+    def __init__(self, message: str, revisions: Sequence[str]) -> None:
+        super().__init__(message)
+        self.revisions = tuple(revisions)
+
+
+class LedgerFindingsError(CommandError):
+    """``verify`` (or ``check --strict``) found scripts that disagree with what the database ran."""
+
+    def __init__(self, message: str, findings: Sequence[Any]) -> None:
+        super().__init__(message)
+        self.findings = list(findings)
+
+
+class LedgerError(CommandError):
+    """The ledger could not record a revision; the revision was rolled back with its row."""

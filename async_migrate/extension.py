@@ -21,7 +21,7 @@ from .database import NoDatabase
 from .errors import NO_EXTENSION, AsyncMigrateError, ConfigurationError
 from .health import status_body
 from .migrator import MigrationStatus, Migrator
-from .settings import MigrationSettings, config_key
+from .settings import MigrationSettings
 from .startup import startup_upgrade
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "MIGRATE_CONNECT_TIMEOUT": 30.0,
     "MIGRATE_STARTUP_TIMEOUT": 50.0,
     "MIGRATE_ALLOW_DB_AHEAD": False,
+    "MIGRATE_STARTUP_REFUSE_EDITED": False,
     "MIGRATE_HEALTHZ": False,
 }
 
@@ -249,6 +250,13 @@ class Migrate:
     - ``statement_timeout`` / ``MIGRATE_STATEMENT_TIMEOUT`` (None): seconds any migration statement may run.
     - ``bookkeeping_timeout`` / ``MIGRATE_BOOKKEEPING_TIMEOUT`` (30): seconds a statement around the
       migration (version table, lock) may go unanswered before the connection counts as broken.
+    - ``ledger`` / ``MIGRATE_LEDGER`` (True): keep the ledger, a table beside the version table with a row
+      per revision applied, reverted or stamped (``quart db log``, ``verify``, ``recover``);
+      ``ledger_table`` / ``MIGRATE_LEDGER_TABLE`` (None: ``<version table>_log``) renames it.
+    - ``allow_edited`` / ``MIGRATE_ALLOW_EDITED`` (False): let ``quart db upgrade`` run although a script
+      applied earlier was edited since (a warning each) instead of refusing.
+    - ``startup_refuse_edited`` / ``MIGRATE_STARTUP_REFUSE_EDITED`` (False): let the startup upgrade refuse
+      (the app does not start) on such a script; by default it logs a warning and goes on.
 
     Several databases: ``binds={"users": (users_engine, UsersBase), ...}`` (an engine source and a db, as
     for the main database; or an object with ``.engine`` and ``.metadata``; or just the db, with the URL in
@@ -279,6 +287,10 @@ class Migrate:
         ddl_retry_backoff: float | None = None,
         statement_timeout: float | None = None,
         bookkeeping_timeout: float | None = None,
+        ledger: bool | None = None,
+        ledger_table: str | None = None,
+        allow_edited: bool | None = None,
+        startup_refuse_edited: bool | None = None,
         binds: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -288,23 +300,11 @@ class Migrate:
         self.command = command
         self.directory = str(directory)
         self.engine = engine
-        given = {
-            "auto_upgrade": auto_upgrade,
-            "upgrade_target": upgrade_target,
-            "lock": lock,
-            "lock_timeout": lock_timeout,
-            "connect_timeout": connect_timeout,
-            "startup_timeout": startup_timeout,
-            "allow_db_ahead": allow_db_ahead,
-            "healthz": healthz,
-            "ddl_lock_timeout": ddl_lock_timeout,
-            "ddl_retry_attempts": ddl_retry_attempts,
-            "ddl_retry_backoff": ddl_retry_backoff,
-            "statement_timeout": statement_timeout,
-            "bookkeeping_timeout": bookkeeping_timeout,
-        }
+        given = locals()  # every setting is a keyword parameter of the same name
         #: The settings given here, by app config key; None: the app config's, else the default.
-        self.settings: dict[str, Any] = {config_key(name): value for name, value in given.items()}
+        self.settings: dict[str, Any] = {
+            key: given[key.removeprefix("MIGRATE_").lower()] for key in CONFIG_DEFAULTS
+        }
         self.alembic_ctx_kwargs = dict(kwargs)
         self.alembic_ctx_kwargs["compare_type"] = compare_type
         self.alembic_ctx_kwargs["render_as_batch"] = render_as_batch
@@ -408,6 +408,7 @@ async def _auto_upgrade() -> None:
             allow_db_ahead=bool(state.settings["MIGRATE_ALLOW_DB_AHEAD"]),
             connect_timeout=None,  # the app config's, set on the Migrator above
             startup_timeout=float(state.settings["MIGRATE_STARTUP_TIMEOUT"] or 0) or None,
+            refuse_edited=bool(state.settings["MIGRATE_STARTUP_REFUSE_EDITED"]),
         )
     finally:
         state.migrating = False

@@ -14,29 +14,26 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import alembic_bridge, listings
 from .alembic_bridge import TEMPLATES_DIRECTORY
 from .autogenerate import (
     ReviewHook,
-    models_differ,
     refuse_autogenerate,
-    refuse_unreviewed,
     report_review,
 )
 from .errors import CommandError, ConfigurationError, DatabaseUnreachableError
+from .ledger import LedgerRecorder
 from .locking import run_locked
-from .locks import lock_for
-from .migrator_base import MigratorBase
+from .migrator_checks import ChecksCommands, MigrationStatus
+from .migrator_ledger import mentions_recovery
 from .runner import DowngradeRun, StampRun, UpgradeRun
 
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import Script
 
-    from .doctor import Diagnosis
     from .review import RenamePolicy
 
 __all__ = ["TEMPLATES_DIRECTORY", "MigrationStatus", "Migrator"]
@@ -44,20 +41,7 @@ __all__ = ["TEMPLATES_DIRECTORY", "MigrationStatus", "Migrator"]
 log = logging.getLogger("async_migrate")
 
 
-@dataclass(frozen=True)
-class MigrationStatus:
-    """What :meth:`Migrator.status` found: the readiness of a database."""
-
-    current_heads: tuple[str, ...]
-    script_heads: tuple[str, ...]
-    migrating: bool
-
-    @property
-    def at_head(self) -> bool:
-        return set(self.current_heads) == set(self.script_heads)
-
-
-class Migrator(MigratorBase):
+class Migrator(ChecksCommands):
     """Alembic migrations for one async engine and one migrations directory.
 
     :param engine_or_url: an :class:`~sqlalchemy.ext.asyncio.AsyncEngine`, or a URL with an asyncio driver
@@ -83,13 +67,19 @@ class Migrator(MigratorBase):
     :param statement_timeout: PostgreSQL only: seconds any migration statement may run; None: no limit.
     :param bookkeeping_timeout: seconds a statement around the migration (version table, lock; not the
         revisions') may go unanswered before the connection counts as broken (:class:`~async_migrate.errors.ConnectionLostError`).
+    :param ledger: keep the ledger (``<version_table>_log``, :mod:`async_migrate.ledger`): a row per
+        revision applied, reverted or stamped, with the script's checksum and source, so that
+        :meth:`verify` can tell edited or missing scripts and :meth:`recover` can bring a lost one back.
+    :param ledger_table: the ledger's name, instead of the version table's with ``_log`` added.
+    :param allow_edited: let ``upgrade`` run although a script applied earlier was edited since (a
+        warning per script instead of :class:`~async_migrate.errors.EditedScriptError`).
     :param binds: the other databases of a multi-database setup: name -> (engine or URL, metadata).
     :param bind_name: set on the Migrators :meth:`bind_migrators` makes, one per database.
     :param context_kwargs: passed to ``context.configure()`` in env.py (``compare_type``, ``render_as_batch``,
         ``version_table``, ``include_object``, ...). ``compare_type`` and ``render_as_batch`` default to True
         and ``transaction_per_migration`` to True, so that a failed revision is rolled back alone.
 
-    The settings from ``lock`` to ``bookkeeping_timeout`` (:class:`~async_migrate.settings.MigrationSettings`)
+    The settings from ``lock`` to ``allow_edited`` (:class:`~async_migrate.settings.MigrationSettings`)
     are attributes of the same names; :attr:`settings` is them, checked, as each command uses them.
     """
 
@@ -148,6 +138,7 @@ class Migrator(MigratorBase):
         script = self.script_directory(config)
         return await self._run(lambda c: listings.show_branches(c, script, verbose), config)
 
+    @mentions_recovery
     async def show(self, revision: str = "head") -> tuple[Script, ...]:
         """The scripts of the revision(s) ``revision`` names, shown on ``stdout`` as by ``alembic show``.
 
@@ -160,6 +151,7 @@ class Migrator(MigratorBase):
         script = self.script_directory(config)
         return await self._run(lambda c: listings.show_revisions(c, script, revisions), config)
 
+    @mentions_recovery
     async def history(
         self, rev_range: str | None = None, verbose: bool = False, indicate_current: bool = False
     ) -> tuple[Script, ...]:
@@ -313,6 +305,7 @@ class Migrator(MigratorBase):
 
     # -- commands: the database ---------------------------------------------------------------------------
 
+    @mentions_recovery
     async def current(self, verbose: bool = False, *, quiet: bool = False) -> tuple[str, ...]:
         """The revision(s) the database is at; ``()`` for an empty database. In a multi-database setup,
         those of every database, the main one first (:meth:`current_by_bind` keeps them apart).
@@ -359,71 +352,7 @@ class Migrator(MigratorBase):
             found[child.bind_name or ""] = await child.current(verbose, quiet=quiet)
         return found
 
-    async def status(self) -> MigrationStatus:
-        """Readiness: the database's revision(s), the scripts' heads, and whether a migration is running.
-        In a multi-database setup: at head only when every database is, migrating when any is."""
-        self._ensure_directory()
-        if self.binds:
-            found = await self._each_database(lambda child: child.status())
-            return MigrationStatus(
-                found[0].current_heads if all(f.at_head for f in found) else (),
-                found[0].script_heads,
-                any(f.migrating for f in found),
-            )
-        known = self._cached_heads()
-        heads = known.heads if known is not None else tuple(self.script_directory().get_heads())
-        async with self.connect() as connection:
-            current = await self.read_current_heads(connection)
-            migrating = False
-            if self.lock:
-                lock = lock_for(connection, self.version_table, self.version_table_schema)
-                migrating = await lock.describe_holder(connection) is not None
-        return MigrationStatus(current, heads, migrating)
-
-    async def doctor(self) -> Diagnosis:
-        """A read-only report: revisions, heads, unknown and pending revisions, multiple heads, tables
-        without a version table, and drift between the models and the database; in a multi-database
-        setup each database is examined on its own and the problems are named by database."""
-        from .doctor import Diagnosis, diagnose
-
-        self._ensure_directory()
-        script = self.script_directory()
-
-        async def diagnose_one(child: Migrator) -> Diagnosis:
-            return await diagnose(
-                child.database, script, child.metadata, child.context_kwargs, child._deadline()
-            )
-
-        parts = await self._each_database(diagnose_one)
-        if not self.binds:
-            return parts[0]
-        return Diagnosis.merged(
-            [(name or "(main)", part) for name, part in zip(self.bind_names, parts, strict=True)]
-        )
-
-    async def check(self, strict: bool = False) -> None:
-        """Raise :class:`~async_migrate.errors.ModelsDifferError` when the models differ from the database; else return None.
-
-        :param strict: also raise :class:`~async_migrate.errors.UnreviewedWarningsError` while any revision script still has a
-            ``# WARNING:`` comment from the autogenerate review (delete each once its operation is reviewed).
-        """
-        from alembic import command
-        from alembic.util import AutogenerateDiffsDetected
-
-        self._ensure_directory()
-        config = self.get_config()
-        script = self.script_directory(config)
-        if strict:
-            refuse_unreviewed(script)
-        self._refuse_empty_metadata("check", required=True)
-        async with self.connect_binds() as connections:
-            await self._ensure_at_heads(connections, script, "check")
-            try:
-                with alembic_bridge.warned_once(script):
-                    await self._run(command.check, config, connections)
-            except AutogenerateDiffsDetected as exc:
-                raise models_differ(list(exc.diffs)) from None
-
+    @mentions_recovery
     async def upgrade(
         self,
         revision: str = "head",
@@ -478,6 +407,7 @@ class Migrator(MigratorBase):
             )
         )
 
+    @mentions_recovery
     async def downgrade(
         self,
         revision: str = "-1",
@@ -523,6 +453,7 @@ class Migrator(MigratorBase):
             )
         )
 
+    @mentions_recovery
     async def stamp(
         self,
         revision: str | Sequence[str] = "head",
@@ -547,6 +478,10 @@ class Migrator(MigratorBase):
         if self.binds:
             await self._each_database(lambda child: child.stamp(revision, tag=tag, purge=purge))
             return
+        table = self._ledger_table()
+        ledger = LedgerRecorder(table) if table is not None else None
+        if ledger is not None:
+            alembic_bridge.add_version_callbacks(config, ledger)
         stamp = StampRun(
             self.script_directory(config),
             purge,
@@ -555,5 +490,6 @@ class Migrator(MigratorBase):
                 config,
                 {self.bind_name or "": connection},
             ),
+            ledger,
         )
         await run_locked(self.database, self.settings, stamp)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TextIO, TypeVar
 
+import sqlalchemy as sa
 from sqlalchemy import MetaData
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -23,6 +24,7 @@ from .autogenerate import ensure_at_heads, refuse_empty_metadata
 from .database import Database, NoDatabase, checked_metadata, engine_from
 from .ddl_guard import DDLGuard
 from .errors import ConfigurationError
+from .ledger import LedgerRecorder, hiding_ledger, ledger_of, ledger_table_name
 from .locking import run_locked
 from .progress import Progress
 from .settings import MigrationSettings
@@ -58,6 +60,9 @@ class MigratorBase:
     ddl_retry_backoff: float
     statement_timeout: float | None
     bookkeeping_timeout: float
+    ledger: bool
+    ledger_table: str | None
+    allow_edited: bool
 
     def __init__(
         self,
@@ -76,6 +81,9 @@ class MigratorBase:
         ddl_retry_backoff: float = 2.0,
         statement_timeout: float | None = None,
         bookkeeping_timeout: float = 30.0,
+        ledger: bool = True,
+        ledger_table: str | None = None,
+        allow_edited: bool = False,
         binds: Mapping[str, tuple[AsyncEngine | URL | str, MetaData | None]] | None = None,
         bind_name: str | None = None,
         **context_kwargs: Any,
@@ -96,18 +104,8 @@ class MigratorBase:
         self.stdout = stdout
         self.configure_callbacks = list(configure)
         self.x_arg = list(x_arg)
-        self._use(
-            MigrationSettings(
-                lock=lock,
-                lock_timeout=lock_timeout,
-                connect_timeout=connect_timeout,
-                ddl_lock_timeout=ddl_lock_timeout,
-                ddl_retry_attempts=ddl_retry_attempts,
-                ddl_retry_backoff=ddl_retry_backoff,
-                statement_timeout=statement_timeout,
-                bookkeeping_timeout=bookkeeping_timeout,
-            )
-        )
+        given = locals()  # every setting is a parameter of the same name
+        self._use(MigrationSettings(**{name: given[name] for name in MigrationSettings.names()}))
         #: The review of the last ``revision``/``migrate`` call (:mod:`async_migrate.review`).
         self.last_review: Review | None = None
         #: Where upgrade/downgrade report each revision; None: INFO log lines.
@@ -247,7 +245,7 @@ class MigratorBase:
             }
         env_settings = alembic_bridge.env_settings(
             self.metadata,
-            self.context_kwargs,
+            self.context_options(),
             self.database.sqlalchemy_url,
             databases,
             self._all_bind_names or self.bind_names,
@@ -309,7 +307,23 @@ class MigratorBase:
     ) -> None:
         """An Alembic command in offline mode (``--sql``): SQL in the database's dialect, to ``stdout``."""
         self.database.require()  # the dialect must be known, even with no connection
-        await self._run(call, self.get_config(x_arg))
+        config = self.get_config(x_arg)
+        table = self._ledger_table()
+        if table is not None:  # the ledger's CREATE TABLE and INSERTs are part of the script
+            alembic_bridge.add_version_callbacks(config, LedgerRecorder(table))
+        await self._run(call, config)
+
+    def context_options(self) -> dict[str, Any]:
+        """What env.py's ``context.configure()`` gets: :attr:`context_kwargs`, and the ledger kept out of
+        autogenerate (on or off: a ledger from before is still no model's table)."""
+        name = ledger_table_name(self.version_table, self.ledger_table)
+        return hiding_ledger(self.context_kwargs, name, self.version_table_schema)
+
+    def _ledger_table(self) -> sa.Table | None:
+        """This database's ledger (:mod:`async_migrate.ledger`); None when it is off."""
+        return ledger_of(
+            self.ledger, self.ledger_table, self.version_table, self.version_table_schema
+        )
 
     async def _ensure_at_heads(
         self, connections: Mapping[str, AsyncConnection], script: ScriptDirectory, command_name: str

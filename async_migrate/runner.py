@@ -17,8 +17,10 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import alembic_bridge
@@ -38,9 +40,12 @@ from .errors import (
     AsyncMigrateError,
     CommandError,
     DDLLockTimeoutError,
+    EditedScriptError,
     MigrationFailedError,
     connection_lost,
 )
+from .ledger import LedgerRecorder, ledger_of, read_ledger
+from .ledger_checks import applied_revisions, edited
 from .progress import AppliedRecorder, Progress
 from .settings import MigrationSettings
 from .sqlite_runner import read_version_table, sqlite_file_url
@@ -100,6 +105,12 @@ class MigrationRun:
         self.bind_name = bind_name
         self.known = known
         self.recorder = AppliedRecorder(database.url, progress)
+        table = ledger_of(
+            settings.ledger, settings.ledger_table, database.version_table,
+            database.version_table_schema,
+        )  # fmt: skip
+        #: Writes the ledger's rows (None: the ledger is off).
+        self.ledger = LedgerRecorder(table) if table is not None else None
         if self.direction == "downgrade":
             self.recorder.verb = "Reverted"
         #: Whether Alembic ran to its end (every revision applied, as far as this client knows).
@@ -137,13 +148,20 @@ class MigrationRun:
         """Refuse a database at a revision the scripts don't know."""
         alembic_bridge.check_known(self.scripts, current)
 
+    async def before_ledger(
+        self, connection: AsyncConnection, current: tuple[str, ...], table: sa.Table
+    ) -> None:
+        """What the ledger must see before the run: nothing, unless an upgrade."""
+
     async def work(self, connection: AsyncConnection, current: tuple[str, ...]) -> None:
         """Apply the revisions, recording and reporting each."""
-        env_settings = self.config.attributes[alembic_bridge.SETTINGS_KEY]
-        user_callbacks = env_settings["configure_kwargs"].get("on_version_apply") or ()
-        if callable(user_callbacks):
-            user_callbacks = (user_callbacks,)
-        env_settings["configure_kwargs"]["on_version_apply"] = (self.recorder, *user_callbacks)
+        if self.ledger is not None:
+            await self.before_ledger(connection, current, self.ledger.table)
+            self.ledger.start(current)
+        # The ledger's row first: it belongs to the revision, before whatever ends the revision.
+        alembic_bridge.add_version_callbacks(
+            self.config, *([self.ledger] if self.ledger is not None else []), self.recorder
+        )
         self.recorder.start()
         self.started_at = current
         if self.target is not None:
@@ -471,6 +489,41 @@ class UpgradeRun(MigrationRun):
     def is_done(self, current: tuple[str, ...]) -> bool:
         return self.revision in ("head", "heads") and set(current) == self.heads
 
+    async def before_ledger(
+        self, connection: AsyncConnection, current: tuple[str, ...], table: sa.Table
+    ) -> None:
+        """Refuse to build on a script that was edited after it was applied (unless allowed)."""
+        if not current:
+            return
+        async with answered_within(connection, self.settings.bookkeeping_timeout):
+            entries, _ = await read_ledger(connection, table)
+        if not entries:
+            return
+        disk = {s.revision: Path(s.path) for s in self.scripts.walk_revisions() if s.path}
+        applied = applied_revisions(self.scripts, current, entries)
+        if not edited(applied, entries, disk, {}):  # by checksum: no stored script read
+            return
+        async with answered_within(connection, self.settings.bookkeeping_timeout):
+            _, sources = await read_ledger(connection, table, sources=True)
+        changed = edited(applied, entries, disk, sources)
+        if not changed:
+            return
+        named = "; ".join(f"{entry.revision} ({path})" for entry, path in changed)
+        if self.settings.allow_edited:
+            log.warning(
+                "Upgrading although applied script(s) were edited after they ran: %s. "
+                "`verify` shows what changed.", named,
+            )  # fmt: skip
+            return
+        raise EditedScriptError(
+            f"Not upgrading: {len(changed)} script(s) applied to {self.database.url} were edited after "
+            f"they ran: {named}. What the database has is no longer what these scripts say; "
+            "`verify` shows each diff. Restore the scripts as they ran, accept the edits with "
+            "`verify --accept`, or upgrade anyway with --allow-edited (allow_edited / "
+            "MIGRATE_ALLOW_EDITED).",
+            [entry.revision for entry, _ in changed],
+        )
+
 
 class DowngradeRun(MigrationRun):
     """A downgrade; every one has work."""
@@ -501,6 +554,7 @@ class StampRun:
     :param script: the loaded scripts.
     :param purge: the stamp empties the version table first, so any revision may be there now.
     :param stamp: runs Alembic's stamp on the locked connection.
+    :param ledger: the ledger's recorder, already one of the stamp's ``on_version_apply`` callbacks.
     """
 
     def __init__(
@@ -508,10 +562,12 @@ class StampRun:
         script: ScriptDirectory,
         purge: bool,
         stamp: Callable[[AsyncConnection], Awaitable[None]],
+        ledger: LedgerRecorder | None = None,
     ) -> None:
         self.script = script
         self.purge = purge
         self.stamp = stamp
+        self.ledger = ledger
         self.finished = False
 
     def precheck(self, current: tuple[str, ...]) -> None:
@@ -525,6 +581,9 @@ class StampRun:
         return False
 
     async def work(self, connection: AsyncConnection, current: tuple[str, ...]) -> None:
+        if self.ledger is not None:
+            # After a purge the revisions there before say nothing about the schema: none is adopted.
+            self.ledger.start(() if self.purge else current)
         await self.stamp(connection)
         self.finished = True
 

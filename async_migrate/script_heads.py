@@ -94,12 +94,18 @@ def headers(locations: Sequence[str]) -> list[tuple[str, dict[str, object]]]:
                 text = handle.read(8192)
         except (OSError, UnicodeDecodeError):
             continue
-        values: dict[str, object] = {}
-        for name, value in _HEADER.findall(text):
-            with contextlib.suppress(ValueError, SyntaxError):
-                values.setdefault(name, ast.literal_eval(value))
-        found.append((entry.name, values))
+        found.append((entry.name, header_values(text)))
     return sorted(found)
+
+
+def header_values(text: str) -> dict[str, object]:
+    """The ``revision``, ``down_revision`` and ``depends_on`` of a script's text, as far as they are
+    plain literals."""
+    values: dict[str, object] = {}
+    for name, value in _HEADER.findall(text[:8192]):
+        with contextlib.suppress(ValueError, SyntaxError):
+            values.setdefault(name, ast.literal_eval(value))
+    return values
 
 
 def _from_headers(files: list[tuple[int, os.DirEntry[str]]]) -> Heads | None:

@@ -1,4 +1,5 @@
-"""How the commands that change a database behave: the lock, the connection retries, the DDL lock timeout.
+"""How the commands that change a database behave: the lock, the connection retries, the DDL lock timeout,
+the ledger.
 
 One list of these settings, :class:`MigrationSettings`: the :class:`~async_migrate.migrator.Migrator`
 keeps them as attributes of the same names, hands them on to the Migrators of its other databases, and the
@@ -33,6 +34,9 @@ class MigrationSettings:
     ddl_retry_backoff: float = 2.0
     statement_timeout: float | None = None
     bookkeeping_timeout: float = 30.0
+    ledger: bool = True
+    ledger_table: str | None = None
+    allow_edited: bool = False
 
     def __post_init__(self) -> None:
         ddl_lock_timeout = self.ddl_lock_timeout

@@ -28,11 +28,14 @@ async def startup_upgrade(
     allow_db_ahead: bool = False,
     connect_timeout: float | None = 30.0,
     startup_timeout: float | None = None,
+    refuse_edited: bool = False,
 ) -> tuple[str, ...]:
     """Bring the database to ``target`` (behind the migration lock), logging what happened; return the
     revisions this process applied. Raises when the app must not serve: the database could not be brought
     there, or it is at a revision these scripts don't know (unless ``allow_db_ahead``: a newer release
-    migrated it, and this one serves anyway, with a warning).
+    migrated it, and this one serves anyway, with a warning). A script applied earlier that was edited
+    since (the ledger's ``verify``) is a warning, and the upgrade goes on, unless ``refuse_edited``
+    (then :class:`~async_migrate.errors.EditedScriptError`, unless the Migrator allows edited scripts).
 
     ``connect_timeout`` (s; None: the Migrator's own, by default one try): retries of a database still
     coming up. ``startup_timeout`` (s; None or 0: none) ends the waits (connecting, for the lock) before the
@@ -42,6 +45,8 @@ async def startup_upgrade(
     show_log_lines()
     if connect_timeout is not None:
         migrator.connect_timeout = connect_timeout
+    if not refuse_edited:
+        migrator.allow_edited = True  # a replica that will not start is worse than a warning
     try:
         log.info("Startup upgrade of %s to %s", migrator.url, target)
         with _waits_bounded(started, startup_timeout):
@@ -67,20 +72,24 @@ async def startup_upgrade(
         log.error("Startup upgrade failed: %s", exc)
         raise
     except asyncio.CancelledError:
-        # Usually the server's own startup budget (Hypercorn's startup_timeout, 60 s by default), which
-        # then reports only a generic LifespanTimeoutError: say what happened, and what to do instead.
-        log.error(
-            "Startup upgrade of %s to %s was cancelled after %.0fs, most likely by the server's startup "
-            "timeout (Hypercorn: startup_timeout, 60s by default). Revisions committed before it stay "
-            "applied; the one running was rolled back (on SQLite: finished), and the next start begins "
-            "there again. A migration this long does not fit in an app's startup: run `quart db upgrade` "
-            "as a release step or Job before the new version starts (MIGRATE_AUTO_UPGRADE = False), or "
-            "raise the server's startup timeout above the migration's time.",
-            migrator.url,
-            target,
-            time.monotonic() - started,
-        )
+        _log_cancelled(migrator, target, started)
         raise
+
+
+def _log_cancelled(migrator: Migrator, target: str, started: float) -> None:
+    # Usually the server's own startup budget (Hypercorn's startup_timeout, 60 s by default), which
+    # then reports only a generic LifespanTimeoutError: say what happened, and what to do instead.
+    log.error(
+        "Startup upgrade of %s to %s was cancelled after %.0fs, most likely by the server's startup "
+        "timeout (Hypercorn: startup_timeout, 60s by default). Revisions committed before it stay "
+        "applied; the one running was rolled back (on SQLite: finished), and the next start begins "
+        "there again. A migration this long does not fit in an app's startup: run `quart db upgrade` "
+        "as a release step or Job before the new version starts (MIGRATE_AUTO_UPGRADE = False), or "
+        "raise the server's startup timeout above the migration's time.",
+        migrator.url,
+        target,
+        time.monotonic() - started,
+    )
 
 
 def _waits_bounded(

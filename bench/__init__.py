@@ -8,4 +8,10 @@ This module stays free of imports: a benchmark's subprocesses import the package
 """
 
 #: The benchmark modules of this package, in the order ``python -m bench`` runs them.
-BENCHMARKS: tuple[str, ...] = ("startup_replicas", "upgrade_speed", "faults", "console_current")
+BENCHMARKS: tuple[str, ...] = (
+    "startup_replicas",
+    "upgrade_speed",
+    "faults",
+    "console_current",
+    "ledger_cost",
+)

@@ -96,6 +96,10 @@ async def test_blocked_revision_retries_while_reads_go_on(
     warnings = [r.getMessage() for r in caplog.records if "waited more than" in r.getMessage()]
     assert warnings, "each lock timeout is logged"
     assert f"pid {holder_pid}" in warnings[0] and "old-replica" in warnings[0]
+    # Each rolled-back attempt took its ledger row with it: r2 has one, from the attempt that stayed.
+    assert await run_query(
+        pg_url, "SELECT revision, direction FROM alembic_version_log ORDER BY id"
+    ) == [("r1", "upgrade"), ("r2", "upgrade")]
 
 
 async def test_blocker_that_never_commits_fails_cleanly(pg_url: str, tmp_path: Path) -> None:

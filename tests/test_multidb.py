@@ -56,8 +56,15 @@ async def test_workflow_across_two_databases(sqlite_url: str, pg_url: str, tmp_p
 
         assert await migrator.upgrade() == (first.revision, first.revision)  # once per database
         assert await migrator.current_by_bind() == {"": (first.revision,), "users": (first.revision,)}
-        assert sorted(await inspect_tables(sqlite_url)) == ["alembic_version", "post"]
-        assert sorted(await inspect_tables(pg_url)) == ["alembic_version", "app_user"]
+        ledgers = ["alembic_version", "alembic_version_log"]
+        assert sorted(await inspect_tables(sqlite_url)) == [*ledgers, "post"]
+        assert sorted(await inspect_tables(pg_url)) == [*ledgers, "app_user"]
+        # A ledger per database, each with its own row for the revision.
+        logs = await migrator.log_by_bind()
+        assert {name: [e.revision for e in rows] for name, rows in logs.items()} == {
+            "": [first.revision], "users": [first.revision],
+        }  # fmt: skip
+        assert await migrator.verify() == []
         await migrator.check()
         assert await migrator.migrate("nothing") is None
         assert (await migrator.status()).at_head

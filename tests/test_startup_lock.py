@@ -215,6 +215,12 @@ def _boot_many(tmp_path: Path, url: str, processes: int) -> None:
     assert query(url, VERSION) == [("r30",)]
     assert query(url, LOG_COUNTS) == expected_log(30)
     assert query(url, f"SELECT count(*) FROM {LOG_TABLE}") == [(30,)]
+    # The ledger has each revision's row once, written by the one process that applied it.
+    ledger = query(url, "SELECT revision, direction, pid FROM alembic_version_log ORDER BY id")
+    assert [(rev, direction) for rev, direction, _ in ledger] == [
+        (rev_id(i), "upgrade") for i in range(1, 31)
+    ]
+    assert len({pid for _, _, pid in ledger}) == 1
     # One process applied the whole chain under the lock; the others applied nothing.
     applied_lines = sorted(c.stderr.count("Applied upgrade ") for c in children)
     assert applied_lines == [0] * (processes - 1) + [30], "\n".join(c.report() for c in children)
@@ -552,7 +558,7 @@ async def test_other_version_table_is_not_blocked(tmp_path: Path, server_url: st
         ) as migrator:
             applied = await asyncio.wait_for(migrator.upgrade(), timeout=30)
     assert applied == ("r01", "r02", "r03")
-    assert await table_names(server_url) == [LOG_TABLE, "other_version"]
+    assert await table_names(server_url) == [LOG_TABLE, "other_version", "other_version_log"]
     assert await run_query(server_url, "SELECT version_num FROM other_version") == [("r03",)]
     assert await run_query(server_url, LOG_COUNTS) == expected_log(3)
 
@@ -621,7 +627,7 @@ def test_sqlite_file_lock_across_processes(tmp_path: Path, sqlite_url: str) -> N
     assert "while this one waited" in b.stderr, b.report()
     assert query(sqlite_url, VERSION) == [("r02",)]
     assert query(sqlite_url, LOG_COUNTS) == expected_log(2)
-    assert sorted(tables(sqlite_url)) == ["alembic_version", LOG_TABLE]
+    assert sorted(tables(sqlite_url)) == ["alembic_version", "alembic_version_log", LOG_TABLE]
 
 
 HYPERCORN_APP = """
