@@ -105,11 +105,12 @@ def script_source(script: Script | None) -> tuple[str | None, str | None, str | 
     if not path:
         return None, None, None
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as handle:
+            raw = handle.read()
     except OSError:
         return None, None, None
-    # newline="" semantics: the text is kept exactly, so that a recovered file is byte-identical.
-    return checksum(raw), Path(path).name, raw.decode("utf-8", errors="replace")
+    # The text is kept exactly, line endings and all, so that a recovered file is byte-identical.
+    return checksum(raw), os.path.basename(path), raw.decode("utf-8", errors="replace")
 
 
 def script_message(script: Script | None) -> str:
@@ -158,6 +159,8 @@ class LedgerEntry:
 
 
 _ENTRY_COLUMNS = tuple(LedgerEntry.__dataclass_fields__)
+# Every column of a row, so that all rows fit the one compiled INSERT (adopted rows have no times).
+_NO_VALUES: dict[str, Any] = {name: None for name in _ENTRY_COLUMNS if name != "id"}
 
 
 def _utcnow() -> datetime.datetime:
@@ -210,6 +213,7 @@ class LedgerRecorder:
 
     def __init__(self, table: sa.Table, started_at: Sequence[str] = ()) -> None:
         self.table = table
+        self._statement = table.insert()
         self.started_at = tuple(started_at)
         self._context: MigrationContext | None = None
         self._who: dict[str, Any] = {}
@@ -306,7 +310,13 @@ class LedgerRecorder:
             )
 
     def _insert(self, ctx: MigrationContext, **row: Any) -> None:
-        ctx.execute(self.table.insert().values(**self._who, **row))
+        if ctx.as_sql:  # rendered into the script, values and all
+            ctx.execute(self.table.insert().values(**self._who, **row))
+            return
+        # One statement, compiled once, for every row: building a VALUES clause per row would cost
+        # more than the INSERT itself.
+        assert ctx.connection is not None
+        ctx.connection.execute(self._statement, {**_NO_VALUES, **self._who, **row})
 
 
 def _rows_of(step: MigrationInfo) -> list[tuple[str, Script | None, str]]:

@@ -53,8 +53,17 @@ def upgrade_through(proxy: FaultProxy, url: str, directory: Path, **settings: ob
 
 
 def applied(url: str) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
-    """The version table and how often each revision ran, read on a direct connection."""
-    return query(url, VERSION), query(url, LOG_COUNTS)
+    """The version table and how often each revision ran, read on a direct connection; the ledger must
+    have one row for each revision that ran, no more (its row commits with the revision)."""
+    counts = query(url, LOG_COUNTS)
+    try:
+        ledger = query(
+            url, "SELECT revision FROM alembic_version_log WHERE direction = 'upgrade' ORDER BY id"
+        )
+    except sa.exc.DBAPIError:  # no ledger: nothing committed yet
+        ledger = []
+    assert [rev for (rev,) in ledger] == [rev for rev, _ in counts], (ledger, counts)
+    return query(url, VERSION), counts
 
 
 def lost(

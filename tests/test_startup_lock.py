@@ -308,6 +308,10 @@ def test_kill_9_of_the_holder_mid_revision_frees_the_lock(tmp_path: Path, pg_url
     assert query(pg_url, VERSION) == [("r03",)]
     assert query(pg_url, LOG_COUNTS) == expected_log(3)
     assert query(pg_url, advisory_holders_sql(key)) == []
+    # The killed r02 took its ledger row with it: one row per revision, r02's from B.
+    assert query(pg_url, "SELECT revision FROM alembic_version_log ORDER BY id") == [
+        ("r01",), ("r02",), ("r03",),
+    ]  # fmt: skip
 
 
 # -- 4. lock timeout names the holder --------------------------------------------------------------------------
