@@ -24,6 +24,7 @@ from .errors import (
     AsyncMigrateError,
     CommandError,
     ConfigurationError,
+    MissingScriptError,
     NotUpToDateError,
     UnknownRevisionError,
 )
@@ -88,10 +89,11 @@ def broken_history(exc: BaseException, locations: Sequence[str] | None) -> Comma
             if naming
             else "A script names"
         )
-        return CommandError(
+        return MissingScriptError(
             f"{who} {missing!r} as its down_revision or depends_on, but no script has that revision id "
             "(deleted, renamed, or not pulled). Restore that script, or point down_revision at an "
-            "existing revision (`history` lists them); nothing was applied."
+            "existing revision (`history` lists them); nothing was applied.",
+            [missing],
         )
     if isinstance(exc, CycleDetected):
         return CommandError(

@@ -41,6 +41,20 @@ class MultipleHeadsError(CommandError):
 class UnknownRevisionError(CommandError):
     """The database is at a revision the migration scripts do not know."""
 
+    #: Whether the ledger was asked for a copy of the missing scripts (the message then says so).
+    recovery_checked = False
+
+    def __init__(self, message: str, revisions: Sequence[str]) -> None:
+        super().__init__(message)
+        self.revisions = tuple(revisions)
+
+
+class MissingScriptError(CommandError):
+    """A script names a ``down_revision`` (or ``depends_on``) that no script has: the history is broken."""
+
+    #: Whether the ledger was asked for a copy of the missing scripts (the message then says so).
+    recovery_checked = False
+
     def __init__(self, message: str, revisions: Sequence[str]) -> None:
         super().__init__(message)
         self.revisions = tuple(revisions)

@@ -71,7 +71,7 @@ class ChecksCommands(LedgerCommands):
                 child.database, script, child.metadata, child.context_options(), child._deadline()
             )
             table = child._ledger_table()
-            if table is not None and not found.unknown_revisions:
+            if table is not None:
                 try:
                     found.problems.extend(
                         f.message for f in await child._verify_one(table) if f.kind != "no_ledger"
@@ -87,6 +87,7 @@ class ChecksCommands(LedgerCommands):
             [(name or "(main)", part) for name, part in zip(self.bind_names, parts, strict=True)]
         )
 
+    @mentions_recovery
     async def check(self, strict: bool = False) -> None:
         """Raise :class:`~async_migrate.errors.ModelsDifferError` when the models differ from the database; else return None.
 

@@ -18,7 +18,12 @@ import sqlalchemy as sa
 
 from . import alembic_bridge
 from .alembic_errors import version_locations
-from .errors import ConfigurationError, LedgerFindingsError, UnknownRevisionError
+from .errors import (
+    ConfigurationError,
+    LedgerFindingsError,
+    MissingScriptError,
+    UnknownRevisionError,
+)
 from .ledger import LedgerEntry, checksum, read_ledger, script_message
 from .ledger_checks import Finding, findings, on_disk, scripts_to_recover, write_scripts
 from .migrator_base import MigratorBase
@@ -37,14 +42,15 @@ M = TypeVar("M", bound="LedgerCommands")
 def mentions_recovery(
     method: Callable[Concatenate[M, P], Awaitable[T]],
 ) -> Callable[Concatenate[M, P], Awaitable[T]]:
-    """Let the :class:`~async_migrate.errors.UnknownRevisionError` of a command say, when the ledger
-    keeps a copy of the unknown revisions' scripts, that ``recover`` brings them back."""
+    """Let the :class:`~async_migrate.errors.UnknownRevisionError` (or
+    :class:`~async_migrate.errors.MissingScriptError`) of a command say, when the ledger keeps a copy of
+    the missing scripts, that ``recover`` brings them back."""
 
     @functools.wraps(method)
     async def wrapper(self: M, /, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(self, *args, **kwargs)
-        except UnknownRevisionError as exc:
+        except (UnknownRevisionError, MissingScriptError) as exc:
             hinted = await self._recovery_hint(exc)
             if hinted is None:
                 raise
@@ -191,13 +197,15 @@ class LedgerCommands(MigratorBase):
         except Exception:
             return None
 
-    async def _recovery_hint(self, exc: UnknownRevisionError) -> UnknownRevisionError | None:
+    async def _recovery_hint(
+        self, exc: UnknownRevisionError | MissingScriptError
+    ) -> UnknownRevisionError | MissingScriptError | None:
         """``exc`` saying that the ledger keeps the unknown revisions' scripts; None when it does not
         (or cannot be read: the error as it is says enough)."""
         table = self._ledger_table()
-        if table is None or getattr(exc, "recovery_checked", False):
+        if table is None or exc.recovery_checked:
             return None
-        exc.recovery_checked = True  # type: ignore[attr-defined]
+        exc.recovery_checked = True
         try:
             async with self.connect() as connection:
                 entries, sources = await read_ledger(connection, table, sources=True)
@@ -207,11 +215,11 @@ class LedgerCommands(MigratorBase):
         copies = [rev for rev in exc.revisions if rev in kept]
         if not copies:
             return None
-        hinted = UnknownRevisionError(
+        hinted = type(exc)(
             f"{exc} The database's ledger ({table.fullname}) keeps a copy of the script of "
             f"{', '.join(copies)}: `recover` writes it back into the versions folder, after which this "
             "command works again.",
             exc.revisions,
         )
-        hinted.recovery_checked = True  # type: ignore[attr-defined]
+        hinted.recovery_checked = True
         return hinted

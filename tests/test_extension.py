@@ -225,3 +225,41 @@ def test_module_level_init_multidb_is_the_cli_init(tmp_path: Path, sqlite_url: s
             template / "script.py.mako"
         ).read_text()
         assert (tmp_path / folder / "versions").is_dir()
+
+
+@pytest.mark.anyio
+async def test_ledger_settings_and_an_edited_script_at_startup(
+    sqlite_url: str, migrations: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Migrate(ledger=False) is a setting, not a context.configure() option.
+    off = Quart(__name__)
+    off.config["SQLALCHEMY_DATABASE_URI"] = sqlite_url
+    Migrate(off, Base, directory=migrations, ledger=False)
+    assert off.extensions["migrate"].migrator(off).ledger is False
+    # w1 applied, then its code edited, then a second revision: the startup upgrade warns and goes on.
+    async with Migrator(sqlite_url, Base.metadata, migrations, stdout=None) as migrator:
+        await migrator.upgrade()
+    script = next((migrations / "versions").glob("w1_*.py"))
+    script.write_text(script.read_text() + "\nEDITED = True\n")
+    (migrations / "versions" / "w2_more.py").write_text(
+        '"""more"""\nrevision = "w2"\ndown_revision = "w1"\n\n\ndef upgrade():\n    pass\n\n\n'
+        "def downgrade():\n    pass\n"
+    )
+    refusing = Quart(__name__)
+    refusing.config.update(
+        SQLALCHEMY_DATABASE_URI=sqlite_url, MIGRATE_AUTO_UPGRADE=True,
+        MIGRATE_STARTUP_REFUSE_EDITED=True,
+    )  # fmt: skip
+    Migrate(refusing, Base, directory=migrations)
+    with pytest.raises(quart_testing_app.LifespanError, match=r"Not upgrading: .* ran: w1"):
+        async with quart_testing_app.TestApp(refusing, startup_timeout=60):
+            pass
+    assert await run_query(sqlite_url, "SELECT version_num FROM alembic_version") == [("w1",)]
+    warning = Quart(__name__)
+    warning.config.update(SQLALCHEMY_DATABASE_URI=sqlite_url, MIGRATE_AUTO_UPGRADE=True)
+    Migrate(warning, Base, directory=migrations)
+    with caplog.at_level("WARNING", "async_migrate"):
+        async with quart_testing_app.TestApp(warning, startup_timeout=60):
+            pass
+    assert "were edited after they ran: w1" in caplog.text
+    assert await run_query(sqlite_url, "SELECT version_num FROM alembic_version") == [("w2",)]

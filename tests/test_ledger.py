@@ -21,6 +21,7 @@ from async_migrate.errors import (
     EditedScriptError,
     LedgerFindingsError,
     MigrationFailedError,
+    MissingScriptError,
     UnknownRevisionError,
 )
 
@@ -216,6 +217,8 @@ async def test_a_script_deleted_mid_history_is_recovered(tmp_path: Path, db_url:
     async with Migrator(db_url, None, migrations, stdout=None) as migrator:
         await migrator.upgrade()
         middle.unlink()
+        with pytest.raises(MissingScriptError, match=r"r03_rev.py names 'r02'.*`recover`"):
+            await migrator.history()
         assert [(f.kind, f.revision) for f in await migrator.verify()] == [("missing", "r02")]
         assert await migrator.recover() == [middle]
         assert middle.read_bytes() == original
@@ -315,3 +318,14 @@ async def test_a_ledger_that_cannot_be_written_rolls_the_revision_back(
     finally:
         await execute(pg_url, f"DROP OWNED BY {role}")
         pg_admin(f"DROP ROLE IF EXISTS {role}")
+
+
+async def test_doctor_reports_what_verify_finds(tmp_path: Path, sqlite_url: str) -> None:
+    migrations = await make_migrations(sqlite_url, tmp_path / "migrations", chain(2))
+    async with Migrator(sqlite_url, None, migrations, stdout=None) as migrator:
+        await migrator.upgrade()
+        assert (await migrator.doctor()).healthy
+        script_of(migrations, 2).unlink()
+        diagnosis = await migrator.doctor()
+    assert not diagnosis.healthy
+    assert any("`recover r02` writes it back" in problem for problem in diagnosis.problems), diagnosis
