@@ -329,3 +329,17 @@ async def test_doctor_reports_what_verify_finds(tmp_path: Path, sqlite_url: str)
         diagnosis = await migrator.doctor()
     assert not diagnosis.healthy
     assert any("`recover r02` writes it back" in problem for problem in diagnosis.problems), diagnosis
+
+
+async def test_the_ledger_lives_beside_a_version_table_in_another_schema(
+    tmp_path: Path, pg_url: str
+) -> None:
+    await execute(pg_url, "CREATE SCHEMA meta")
+    migrations = await make_migrations(pg_url, tmp_path / "migrations", chain(2))
+    async with Migrator(
+        pg_url, None, migrations, stdout=None, version_table_schema="meta"
+    ) as migrator:
+        await migrator.upgrade()
+        assert [e.revision for e in await migrator.log()] == ["r02", "r01"]
+        assert await migrator.verify() == []
+    assert await run_query(pg_url, f"SELECT count(*) FROM meta.{LEDGER}") == [(2,)]
