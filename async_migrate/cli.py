@@ -29,6 +29,7 @@ from .cli_options import (
     revision_options,
 )
 from .cli_runner import run_command
+from .cli_testkit import test
 from .graph import FORMATS
 from .migrator import Migrator
 
@@ -493,5 +494,5 @@ def doctor(ctx: click.Context, directory: str | None) -> None:
         ctx.exit(1)
 
 
-for _command in COMMANDS:  # the ledger's commands live in their own module
+for _command in (*COMMANDS, test):  # the ledger's and the test kit's commands have modules of their own
     db.add_command(_command)

@@ -55,7 +55,10 @@ class NotEmptyError(AsyncMigrateError):
 
 
 def _own_tables(migrator: Migrator) -> set[str]:
-    return {migrator.version_table, ledger_table_name(migrator.version_table, migrator.ledger_table)}
+    return {
+        migrator.version_table,
+        ledger_table_name(migrator.version_table, migrator.ledger_table),
+    }
 
 
 def _schema(connection: Connection, ignored: set[str]) -> dict[str, Any]:
@@ -148,9 +151,13 @@ def _drop_everything(connection: Connection) -> None:
     metadata.reflect(connection)
     if postgres:
         for table in metadata.tables.values():
-            connection.exec_driver_sql(f"DROP TABLE IF EXISTS {preparer.format_table(table)} CASCADE")
+            connection.exec_driver_sql(
+                f"DROP TABLE IF EXISTS {preparer.format_table(table)} CASCADE"
+            )
         for enum in inspector.get_enums():  # type: ignore[attr-defined]
-            connection.exec_driver_sql(f"DROP TYPE IF EXISTS {preparer.quote(enum['name'])} CASCADE")
+            connection.exec_driver_sql(
+                f"DROP TYPE IF EXISTS {preparer.quote(enum['name'])} CASCADE"
+            )
         for sequence in inspector.get_sequence_names():
             connection.exec_driver_sql(f"DROP SEQUENCE IF EXISTS {preparer.quote(sequence)}")
     else:
@@ -203,7 +210,7 @@ async def single_head(migrator: Migrator) -> None:
         raise CheckFailed(
             "single_head",
             f"The scripts have {len(heads)} heads ({', '.join(heads)}); merge them: "
-            f"`quart db merge -m \"merge heads\" {' '.join(heads)}`.",
+            f'`quart db merge -m "merge heads" {" ".join(heads)}`.',
             heads[0],
         )
 
