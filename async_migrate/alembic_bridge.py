@@ -20,6 +20,7 @@ import contextlib
 import io
 import logging
 import sys
+import time
 import warnings
 import weakref
 from argparse import Namespace
@@ -184,6 +185,8 @@ def load_scripts(config: Config, url: URL | None = None) -> ScriptDirectory:
     try:
         script = ScriptDirectory.from_config(config)
         before = script_heads.fingerprint_of(script)
+        if _reuse_map(script, before):
+            return script
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             heads = script.get_heads()  # imports every revision script
@@ -196,6 +199,7 @@ def load_scripts(config: Config, url: URL | None = None) -> ScriptDirectory:
                 warning.message, warning.category, warning.filename, warning.lineno
             )
         script_heads.remember_heads(script, heads, before)
+        _remember_map(script, before)
         return script
     except AsyncMigrateError:
         raise
@@ -204,6 +208,52 @@ def load_scripts(config: Config, url: URL | None = None) -> ScriptDirectory:
     except Exception as exc:
         locations = script_heads.locations_of(script) if script is not None else None
         raise broken_history(exc, locations) or script_error(exc) or exc from None
+
+
+# Revision maps loaded in this process, by version folders and their files' fingerprint (names, sizes,
+# modification times), with the script files each holds.
+_loaded_maps: dict[tuple[object, ...], tuple[Any, frozenset[str]]] = {}
+_MAPS_KEPT = 8
+_SETTLED_S = 2.0
+
+
+def _map_key(script: ScriptDirectory, fingerprint: str | None) -> tuple[object, ...]:
+    return (
+        tuple(script_heads.locations_of(script) or ()), script.sourceless,
+        script.recursive_version_locations, fingerprint,
+    )  # fmt: skip
+
+
+def _reuse_map(script: ScriptDirectory, fingerprint: str | None) -> bool:
+    """Give ``script`` the revision map of the last load of the same files in this process, if any:
+    its imported scripts, instead of importing each again (the test kit's stairway loads them three
+    times per revision). The map must hold exactly the files there now (Alembic adds to a map the
+    revisions it writes)."""
+    if fingerprint is None:
+        return False
+    known = _loaded_maps.get(_map_key(script, fingerprint))
+    locations = script_heads.locations_of(script)
+    if known is None or locations is None:
+        return False
+    revision_map, paths = known
+    held = frozenset(str(s.path) for s in revision_map._revision_map.values() if s is not None)
+    if held != paths or paths != script_heads.version_paths(locations):
+        return False
+    script.revision_map = revision_map
+    return True
+
+
+def _remember_map(script: ScriptDirectory, fingerprint: str | None) -> None:
+    locations = script_heads.locations_of(script)
+    if fingerprint is None or locations is None or script_heads.fingerprint_of(script) != fingerprint:
+        return  # a layout script_heads does not read, or files that changed during the load
+    if script_heads.newest_change(locations) > time.time() - _SETTLED_S:
+        return  # a file written just now could be written again within the clock's grain, unseen
+    if len(_loaded_maps) >= _MAPS_KEPT:
+        _loaded_maps.pop(next(iter(_loaded_maps)))
+    _loaded_maps[_map_key(script, fingerprint)] = (
+        script.revision_map, script_heads.version_paths(locations),
+    )  # fmt: skip
 
 
 @contextlib.contextmanager

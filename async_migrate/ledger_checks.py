@@ -136,15 +136,30 @@ def edited(
         if entry is None or path is None:
             continue
         try:
-            raw = path.read_bytes()
+            if _digest(path) == entry.checksum:
+                continue
+            now = path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             continue
-        if checksum(raw) == entry.checksum:
-            continue
         text = sources.get(entry.id)
-        if text is None or not same_code(text, raw.decode("utf-8", errors="replace")):
+        if text is None or not same_code(text, now):
             found.append((entry, path))
     return found
+
+
+# Checksums of script files by path, with the size and modification time they had: every upgrade
+# checks every applied script, and a long history (or the test kit's stairway) would read each again.
+_digests: dict[Path, tuple[int, int, str]] = {}
+
+
+def _digest(path: Path) -> str:
+    stat = path.stat()
+    known = _digests.get(path)
+    if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+        return known[2]
+    digest = checksum(path.read_bytes())
+    _digests[path] = (stat.st_size, stat.st_mtime_ns, digest)
+    return digest
 
 
 def findings(

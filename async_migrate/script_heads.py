@@ -72,6 +72,20 @@ def _version_files(locations: Sequence[str]) -> list[tuple[int, os.DirEntry[str]
     return files
 
 
+def newest_change(locations: Sequence[str]) -> float:
+    """When a version file (or folder) last changed, as ``time.time()`` (0.0: no file)."""
+    times = [entry.stat().st_mtime for _, entry in _version_files(locations)]
+    for location in locations:
+        with contextlib.suppress(OSError):
+            times.append(os.stat(location).st_mtime)
+    return max(times, default=0.0)
+
+
+def version_paths(locations: Sequence[str]) -> frozenset[str]:
+    """The paths of the revision scripts in the version folders."""
+    return frozenset(entry.path for _, entry in _version_files(locations))
+
+
 def _fingerprint(files: list[tuple[int, os.DirEntry[str]]]) -> str:
     # One stat per file is the floor (an edited script must change the fingerprint); the rest is kept to
     # one pass and one hash call, since this runs at every start. Folders are named by position, not

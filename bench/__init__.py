@@ -14,4 +14,5 @@ BENCHMARKS: tuple[str, ...] = (
     "faults",
     "console_current",
     "ledger_cost",
+    "stairway",
 )

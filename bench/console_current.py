@@ -33,13 +33,13 @@ REVISIONS = 100
 REPETITIONS = 7
 TARGET = 1.0
 
-MODELS = '''import sqlalchemy as sa
+MODELS = """import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase
 
 
 class Base(DeclarativeBase):
     pass
-'''
+"""
 
 SCRIPT = '''"""table {n}"""
 from alembic import op
@@ -65,7 +65,9 @@ def timed(command: list[str], cwd: Path, head: str) -> float:
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
     elapsed = time.perf_counter() - started
     if result.returncode != 0 or head not in result.stdout:
-        raise RuntimeError(f"{command[:3]} failed or did not name {head}: {result.stdout}{result.stderr}")
+        raise RuntimeError(
+            f"{command[:3]} failed or did not name {head}: {result.stdout}{result.stderr}"
+        )
     return elapsed
 
 
@@ -76,11 +78,15 @@ def prepare(root: Path) -> tuple[list[str], list[str], str]:
     (ours / "models.py").write_text(MODELS)
 
     async def init_and_upgrade() -> None:
-        async with Migrator(f"sqlite+aiosqlite:///{database}", None, ours / "migrations", stdout=None) as m:
+        async with Migrator(
+            f"sqlite+aiosqlite:///{database}", None, ours / "migrations", stdout=None
+        ) as m:
             await m.init()
             for n in range(1, REVISIONS + 1):
                 down = f'"r{n - 1:03d}"' if n > 1 else "None"
-                (ours / "migrations" / "versions" / f"r{n:03d}.py").write_text(SCRIPT.format(n=n, down=down))
+                (ours / "migrations" / "versions" / f"r{n:03d}.py").write_text(
+                    SCRIPT.format(n=n, down=down)
+                )
             await m.upgrade()
 
     asyncio.run(init_and_upgrade())
@@ -103,7 +109,9 @@ def prepare(root: Path) -> tuple[list[str], list[str], str]:
 
 def run(quick: bool = False) -> bool:
     repetitions = 3 if quick else REPETITIONS
-    print(f"Benchmark console_current: async-migrate current vs alembic current, {REVISIONS} revisions, SQLite")
+    print(
+        f"Benchmark console_current: async-migrate current vs alembic current, {REVISIONS} revisions, SQLite"
+    )
     root = Path(tempfile.mkdtemp(prefix="am-bench-current-"))
     try:
         console, alembic, head = prepare(root)

@@ -370,3 +370,27 @@ def test_unknown_revision_is_refused_at_once_while_another_holds_the_lock(tmp_pa
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # another replica holds the lock meanwhile
         with pytest.raises(UnknownRevisionError, match="zzz, which the migration scripts don't know"):
             asyncio.run(start())
+
+
+@pytest.mark.anyio
+async def test_scripts_loaded_again_in_one_process_see_every_change(tmp_path: Path) -> None:
+    """The revision map is kept between commands of one process only while the files are the same."""
+    from conftest import LOG_TABLE, chain, make_migrations, query, revision_source
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+    migrations = await make_migrations(url, tmp_path / "m", chain(2))
+    past = time.time() - 60  # settled files: their map is kept for the next command
+    for path in [migrations / "versions", *(migrations / "versions").iterdir()]:
+        os.utime(path, (past, past))
+    async with Migrator(url, None, migrations, stdout=None) as migrator:
+        assert await migrator.heads() == ("r02",)
+        assert await migrator.upgrade("r01") == ("r01",)
+        second = migrations / "versions" / "r02_rev.py"
+        # The same size, other code: the map of the last load must not be used for it.
+        second.write_text(second.read_text().replace("VALUES ('r02')", "VALUES ('x02')"))
+        (migrations / "versions" / "r03_rev.py").write_text(revision_source("r03", "r02", []))
+        assert await migrator.heads() == ("r03",)
+        assert await migrator.upgrade() == ("r02", "r03")
+        (migrations / "versions" / "r03_rev.py").unlink()
+        assert await migrator.heads() == ("r02",)
+    assert query(url, f"SELECT rev FROM {LOG_TABLE} ORDER BY id") == [("r01",), ("x02",)]
