@@ -29,6 +29,7 @@ from .cli_options import (
     revision_options,
 )
 from .cli_runner import run_command
+from .cli_squash import squash
 from .cli_testkit import test
 from .graph import FORMATS
 from .migrator import Migrator
@@ -266,6 +267,11 @@ def merge(
     is_flag=True,
     help="Upgrade although a script applied earlier was edited since (a warning each; see verify)",
 )
+@click.option(
+    "--through-squashed",
+    is_flag=True,
+    help="A database in the middle of a squashed history: go through the archived scripts first",
+)
 @click.argument("revision", default="head")
 @click.pass_context
 def upgrade(
@@ -280,12 +286,13 @@ def upgrade(
     ddl_retries: int | None,
     statement_timeout: float | None,
     allow_edited: bool,
+    through_squashed: bool,
     revision: str,
 ) -> None:
     """Upgrade to a later version"""
 
     async def action(m: Migrator) -> str | None:
-        if await m.upgrade(revision, sql, tag) or sql:
+        if await m.upgrade(revision, sql, tag, through_squashed=through_squashed) or sql:
             return None
         at = ", ".join((await m.status()).current_heads) or "base"
         return f"Already at head ({at})." if revision in ("head", "heads") else f"Already at {at}."
@@ -494,5 +501,5 @@ def doctor(ctx: click.Context, directory: str | None) -> None:
         ctx.exit(1)
 
 
-for _command in (*COMMANDS, test):  # the ledger's and the test kit's commands have modules of their own
+for _command in (*COMMANDS, test, squash):  # the ledger's and the test kit's commands have modules of their own
     db.add_command(_command)

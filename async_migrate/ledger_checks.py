@@ -126,17 +126,22 @@ def edited(
     entries: Sequence[LedgerEntry],
     disk: dict[str, Path],
     sources: dict[int, str],
+    archived: dict[str, Path] | None = None,
 ) -> list[tuple[LedgerEntry, Path]]:
     """The applied revisions whose script on disk is not the code the database ran: the checksum
-    differs, and the stored script (in ``sources``; without it, by checksum alone) is other code."""
+    differs, and the stored script (in ``sources``; without it, by checksum alone) is other code. A
+    revision a squash replaced by its baseline ran as the script now ``archived``: that is no edit."""
     latest = latest_applying(entries)
     found = []
     for revision in applied:
         entry, path = latest.get(revision), disk.get(revision)
         if entry is None or path is None:
             continue
+        old = (archived or {}).get(revision)
         try:
-            if _digest(path) == entry.checksum:
+            if _digest(path) == entry.checksum or (
+                old is not None and _digest(old) == entry.checksum
+            ):
                 continue
             now = path.read_text(encoding="utf-8", errors="replace")
         except OSError:
@@ -168,6 +173,7 @@ def findings(
     entries: Sequence[LedgerEntry],
     sources: dict[int, str],
     disk: dict[str, Path],
+    archived: dict[str, Path] | None = None,
 ) -> list[Finding]:
     """Everything ``verify`` reports, oldest revision first."""
     applied = applied_revisions(script, current, entries)
@@ -181,7 +187,7 @@ def findings(
             "`verify --accept`.",
             edited_diff(entry, sources.get(entry.id), path),
         )
-        for entry, path in edited(applied, entries, disk, sources)
+        for entry, path in edited(applied, entries, disk, sources, archived)
     ]
     latest = latest_applying(entries)
     ever = {entry.revision for entry in entries if entry.direction in APPLYING}

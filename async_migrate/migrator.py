@@ -26,8 +26,9 @@ from .autogenerate import (
 from .errors import CommandError, ConfigurationError, DatabaseUnreachableError
 from .ledger import LedgerRecorder
 from .locking import run_locked
-from .migrator_checks import ChecksCommands, MigrationStatus
+from .migrator_checks import MigrationStatus
 from .migrator_ledger import mentions_recovery
+from .migrator_squash import SquashCommands
 from .runner import DowngradeRun, StampRun, UpgradeRun
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ __all__ = ["TEMPLATES_DIRECTORY", "MigrationStatus", "Migrator"]
 log = logging.getLogger("async_migrate")
 
 
-class Migrator(ChecksCommands):
+class Migrator(SquashCommands):
     """Alembic migrations for one async engine and one migrations directory.
 
     :param engine_or_url: an :class:`~sqlalchemy.ext.asyncio.AsyncEngine`, or a URL with an asyncio driver
@@ -359,6 +360,7 @@ class Migrator(ChecksCommands):
         sql: bool = False,
         tag: str | None = None,
         x_arg: Sequence[str] | None = None,
+        through_squashed: bool = False,
     ) -> tuple[str, ...]:
         """Upgrade to ``revision``, behind the migration lock; return the ids of the revisions applied, in
         order. When the database is already there, no lock is taken.
@@ -367,8 +369,13 @@ class Migrator(ChecksCommands):
             touches the database.
         :param tag: Alembic's ``--tag``, for env.py.
         :param x_arg: more ``-x`` arguments for env.py.
+        :param through_squashed: a database at a revision a squash replaced is first brought through the
+            archived scripts (``versions/squashed/``) to the baseline.
         """
         self._ensure_directory()
+        if through_squashed and not sql:
+            first = await self._through_squashed()
+            return first + await self.upgrade(revision, tag=tag, x_arg=x_arg)
         if not sql and ":" in revision:
             raise CommandError(
                 f"A range ({revision!r}) only makes sense with --sql; upgrade to one revision."

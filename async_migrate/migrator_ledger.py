@@ -27,6 +27,7 @@ from .errors import (
 from .ledger import LedgerEntry, checksum, read_ledger, script_message
 from .ledger_checks import Finding, findings, on_disk, scripts_to_recover, write_scripts
 from .migrator_base import MigratorBase
+from .squash import archived_scripts
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -109,7 +110,8 @@ class LedgerCommands(MigratorBase):
                     "revisions already applied as they are on disk now.",
                 )
             ]
-        found = findings(script, current, entries, sources, disk)
+        archived = archived_scripts(version_locations(config) or ())
+        found = findings(script, current, entries, sources, disk, archived)
         if where:
             found = [
                 Finding(f.kind, f.revision, f"Database {self.bind_name}: {f.message}", f.diff)

@@ -47,8 +47,10 @@ from .errors import (
 from .ledger import LedgerRecorder, ledger_of, read_ledger
 from .ledger_checks import applied_revisions, edited
 from .progress import AppliedRecorder, Progress
+from .script_heads import locations_of
 from .settings import MigrationSettings
 from .sqlite_runner import read_version_table, sqlite_file_url
+from .squash import archived_scripts
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -501,11 +503,12 @@ class UpgradeRun(MigrationRun):
             return
         disk = {s.revision: Path(s.path) for s in self.scripts.walk_revisions() if s.path}
         applied = applied_revisions(self.scripts, current, entries)
-        if not edited(applied, entries, disk, {}):  # by checksum: no stored script read
+        archived = archived_scripts(locations_of(self.scripts) or ())
+        if not edited(applied, entries, disk, {}, archived):  # by checksum: no stored script read
             return
         async with answered_within(connection, self.settings.bookkeeping_timeout):
             _, sources = await read_ledger(connection, table, sources=True)
-        changed = edited(applied, entries, disk, sources)
+        changed = edited(applied, entries, disk, sources, archived)
         if not changed:
             return
         named = "; ".join(f"{entry.revision} ({path})" for entry, path in changed)
