@@ -15,4 +15,5 @@ BENCHMARKS: tuple[str, ...] = (
     "console_current",
     "ledger_cost",
     "stairway",
+    "squash_speed",
 )
