@@ -245,7 +245,11 @@ def _reuse_map(script: ScriptDirectory, fingerprint: str | None) -> bool:
 
 def _remember_map(script: ScriptDirectory, fingerprint: str | None) -> None:
     locations = script_heads.locations_of(script)
-    if fingerprint is None or locations is None or script_heads.fingerprint_of(script) != fingerprint:
+    if (
+        fingerprint is None
+        or locations is None
+        or script_heads.fingerprint_of(script) != fingerprint
+    ):
         return  # a layout script_heads does not read, or files that changed during the load
     if script_heads.newest_change(locations) > time.time() - _SETTLED_S:
         return  # a file written just now could be written again within the clock's grain, unseen

@@ -501,5 +501,9 @@ def doctor(ctx: click.Context, directory: str | None) -> None:
         ctx.exit(1)
 
 
-for _command in (*COMMANDS, test, squash):  # the ledger's and the test kit's commands have modules of their own
+for _command in (
+    *COMMANDS,
+    test,
+    squash,
+):  # the ledger's and the test kit's commands have modules of their own
     db.add_command(_command)

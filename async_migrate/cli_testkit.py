@@ -70,7 +70,9 @@ def quiet_logs() -> Iterator[None]:
 def test(ctx: click.Context, directory: str | None, only: str | None, url: str | None) -> None:
     """Test the migration scripts on an empty throwaway database (exit 1 on any failure)"""
     names = [name.strip() for name in (only or "").split(",") if name.strip()]
-    with quiet_logs():  # hundreds of upgrades and downgrades: their INFO lines would bury the result
+    with (
+        quiet_logs()
+    ):  # hundreds of upgrades and downgrades: their INFO lines would bury the result
         failed = run_command(ctx, lambda m: _run_checks(m, url, names), directory)
     if failed:
         click.echo(f"{len(failed)} check(s) failed: {', '.join(failed)}.")

@@ -1,4 +1,4 @@
-"""The pytest plugin, run by pytest's own ``pytester`` on a project with migrations: a good history passes
+"""The pytest plugin, run by pytest's own ``pytester`` (in process) on a project with migrations: a good history passes
 every built-in test; each hidden fault fails the right test, naming the right revision."""
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def run_tests(pytester: pytest.Pytester) -> pytest.RunResult:
-    return pytester.runpytest_subprocess("--async-migrate", "-p", "no:cacheprovider", "-q", "tests")
+    return pytester.runpytest("--async-migrate", "-p", "no:cacheprovider", "-q", "tests")
 
 
 def outcome_of(result: pytest.RunResult) -> dict[str, str]:
@@ -184,7 +184,7 @@ def test_a_good_history_passes_every_built_in_test(
 
 def test_the_plugin_is_off_unless_asked(pytester: pytest.Pytester) -> None:
     project(pytester, GOOD)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", "tests")
+    result = pytester.runpytest("-p", "no:cacheprovider", "-q", "tests")
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED, result.stdout.str()
 
 
@@ -292,7 +292,7 @@ def test_data_migration_helpers(pytester: pytest.Pytester, database: str) -> Non
             """
         )
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", "tests/test_data.py")
+    result = pytester.runpytest("-p", "no:cacheprovider", "-q", "tests/test_data.py")
     assert result.ret == 0, result.stdout.str()
     result.assert_outcomes(passed=1)
 

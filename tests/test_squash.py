@@ -98,13 +98,12 @@ async def state(url: str, directory: Path) -> dict[str, object]:
         return {**await schema_of(migrator), **await rows_of(migrator)}
 
 
-@pytest.fixture
-def second_url(db_url: str, tmp_path: Path) -> Iterator[str]:
+def another(db_url: str, tmp_path: Path, label: str) -> Iterator[str]:
     """Another empty database of the same kind."""
     if db_url.startswith("sqlite"):
-        yield f"sqlite+aiosqlite:///{tmp_path / 'second.db'}"
+        yield f"sqlite+aiosqlite:///{tmp_path / label}.db"
         return
-    name = f"{dbname(db_url)}_second"
+    name = f"{dbname(db_url)}_{label}"
     pg_admin(f'CREATE DATABASE "{name}"')
     try:
         yield db_url.rsplit("/", 1)[0] + "/" + name
@@ -112,8 +111,18 @@ def second_url(db_url: str, tmp_path: Path) -> Iterator[str]:
         pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def second_url(db_url: str, tmp_path: Path) -> Iterator[str]:
+    yield from another(db_url, tmp_path, "second")
+
+
+@pytest.fixture
+def middle_url(db_url: str, tmp_path: Path) -> Iterator[str]:
+    yield from another(db_url, tmp_path, "middle")
+
+
 async def test_squash_keeps_every_database_working(
-    tmp_path: Path, db_url: str, second_url: str
+    tmp_path: Path, db_url: str, second_url: str, middle_url: str
 ) -> None:
     migrations = await history(db_url, tmp_path / "migrations")
     # The reference: the whole old chain on a fresh database; and a database left in the middle of it.
@@ -121,7 +130,6 @@ async def test_squash_keeps_every_database_working(
         await old.upgrade()
     reference = await state(second_url, migrations)
     assert "enum type status_enum" in reference or db_url.startswith("sqlite")
-    middle_url = f"sqlite+aiosqlite:///{tmp_path / 'middle.db'}" if db_url.startswith("sqlite") else None
     async with Migrator(db_url, None, migrations, stdout=None) as migrator:
         with pytest.raises(CommandError, match=r"s004 \(op.execute\).*--keep-data.*--drop-data"):
             await migrator.squash(message="baseline")
@@ -138,8 +146,7 @@ async def test_squash_keeps_every_database_working(
     # A database at head before the squash is untouched by it: nothing to do.
     async with Migrator(second_url, None, migrations, stdout=None) as at_head:
         assert await at_head.upgrade() == ()
-    if middle_url is not None:
-        await middle(tmp_path, migrations, middle_url, reference)
+    await middle(tmp_path, migrations, middle_url, reference)
 
 
 async def middle(tmp_path: Path, migrations: Path, url: str, reference: dict[str, object]) -> None:
