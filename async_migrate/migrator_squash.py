@@ -57,6 +57,11 @@ class SquashCommands(ChecksCommands):
             temporary SQLite file, or a temporary database on the same server, made and dropped here).
         """
         self._ensure_directory()
+        if self.binds or self.bind_name is not None:
+            raise ConfigurationError(
+                "squash works on a single-database project; this one has several databases "
+                "(async-multidb), whose scripts have a function per database. Nothing was written."
+            )
         config = self.get_config()
         script = self.script_directory(config)
         plan = plan_squash(script, to)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from async_migrate import CommandError, Migrator, UnknownRevisionError
+from async_migrate import CommandError, ConfigurationError, Migrator, UnknownRevisionError
 from async_migrate.schema_snapshot import rows_of, schema_difference, schema_of
 
 from conftest import dbname, make_migrations, pg_admin, unavailable
@@ -230,3 +230,13 @@ def test_squash_on_the_command_line(tmp_path: Path) -> None:
     through = cli("upgrade", "--through-squashed")
     assert through.returncode == 0, through
     assert cli("current").stdout.startswith("s011 (head)")
+
+
+async def test_squash_refuses_a_multi_database_project(tmp_path: Path) -> None:
+    main = f"sqlite+aiosqlite:///{tmp_path / 'main.db'}"
+    users = f"sqlite+aiosqlite:///{tmp_path / 'users.db'}"
+    migrator = Migrator(main, None, tmp_path / "m", stdout=None, binds={"users": (users, None)})
+    async with migrator:
+        await migrator.init()
+        with pytest.raises(ConfigurationError, match="single-database project"):
+            await migrator.squash()

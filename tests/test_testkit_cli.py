@@ -67,3 +67,22 @@ def test_a_database_with_tables_is_never_touched(tmp_path: Path, pg_url: str) ->
     assert query(pg_url, "SELECT count(*) FROM precious") == [(0,)]
     unknown = kit(folder, pg_url, "--only", "stairs")
     assert unknown.returncode == 1 and "No check named stairs; the checks are: single_head" in unknown.stderr
+
+
+def test_a_multi_database_project_is_refused(tmp_path: Path) -> None:
+    import asyncio
+
+    import pytest
+
+    from async_migrate import Migrator
+    from async_migrate.testkit import CheckFailed, run_check
+
+    async def go() -> None:
+        main = f"sqlite+aiosqlite:///{tmp_path / 'main.db'}"
+        users = f"sqlite+aiosqlite:///{tmp_path / 'users.db'}"
+        async with Migrator(main, None, tmp_path / "m", stdout=None, binds={"users": (users, None)}) as m:
+            await m.init()
+            with pytest.raises(CheckFailed, match="single-database project"):
+                await run_check("stairway", m)
+
+    asyncio.run(go())
