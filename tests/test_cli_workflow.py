@@ -6,9 +6,14 @@ import stat
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import MODELS_V2, Project, query, tables
 
 
+# SQLite only: the same commands run through real processes on PostgreSQL in test_console's workflow and
+# test_errors; this one's twenty `quart` processes cost half a minute per database kind.
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_seed_workflow(project: Project) -> None:
     result = project.db("init")
     assert (project.path / "migrations" / "env.py").is_file()
