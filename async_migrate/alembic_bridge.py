@@ -20,7 +20,6 @@ import contextlib
 import io
 import logging
 import sys
-import time
 import warnings
 import weakref
 from argparse import Namespace
@@ -245,19 +244,16 @@ def _reuse_map(script: ScriptDirectory, fingerprint: str | None) -> bool:
 
 def _remember_map(script: ScriptDirectory, fingerprint: str | None) -> None:
     locations = script_heads.locations_of(script)
-    if (
-        fingerprint is None
-        or locations is None
-        or script_heads.fingerprint_of(script) != fingerprint
-    ):
-        return  # a layout script_heads does not read, or files that changed during the load
-    if script_heads.newest_change(locations) > time.time() - _SETTLED_S:
-        return  # a file written just now could be written again within the clock's grain, unseen
+    if fingerprint is None or locations is None:
+        return  # a layout script_heads does not read
+    # Files that changed during the load are not kept; nor files written just now, which could be
+    # written again within the clock's grain, unseen.
+    paths = script_heads.settled_files(locations, fingerprint, _SETTLED_S)
+    if paths is None:
+        return
     if len(_loaded_maps) >= _MAPS_KEPT:
         _loaded_maps.pop(next(iter(_loaded_maps)))
-    _loaded_maps[_map_key(script, fingerprint)] = (
-        script.revision_map, script_heads.version_paths(locations),
-    )  # fmt: skip
+    _loaded_maps[_map_key(script, fingerprint)] = (script.revision_map, paths)
 
 
 @contextlib.contextmanager

@@ -18,10 +18,7 @@ from .testkit import CheckFailed, check_names, require_empty, run_check
 async def _run_checks(m: Migrator, url: str | None, only: list[str]) -> list[str]:
     names = check_names(only)
     # The app's scripts and models, quiet (one line per check), on the database given or the app's.
-    migrator = Migrator(
-        url or m.engine, m.metadata, m.directory, stdout=None, configure=m.configure_callbacks,
-        x_arg=m.x_arg, **m.settings.keywords(), **m.context_kwargs,
-    )  # fmt: skip
+    migrator = m.on_database(url or m.engine)
     failed = []
     try:
         await require_empty(migrator)

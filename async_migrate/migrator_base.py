@@ -199,6 +199,22 @@ class MigratorBase:
             children.append(child)
         return children
 
+    def on_database(
+        self,
+        engine_or_url: AsyncEngine | URL | str,
+        *,
+        configure: Iterable[ConfigureCallback] = (),
+        **settings: Any,
+    ) -> Self:
+        """A quiet Migrator (no ``stdout``) for this one's scripts, models, settings and context options
+        on another database (or this one's engine), with more ``configure`` callbacks and ``settings``
+        changed: a scratch database, archived scripts."""
+        return type(self)(
+            engine_or_url, self.metadata, self.directory, stdout=None,
+            configure=[*self.configure_callbacks, *configure], x_arg=self.x_arg,
+            **{**self.settings.keywords(), **settings}, **self.context_kwargs,
+        )  # fmt: skip
+
     async def _each_database(self, action: Callable[[Self], Awaitable[T]]) -> list[T]:
         """``action`` on the Migrator of each database in turn, the main one first."""
         return [await action(child) for child in self.bind_migrators()]

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
-from . import alembic_bridge
 from .alembic_errors import version_locations
 from .errors import (
     ConfigurationError,
@@ -24,7 +23,7 @@ from .errors import (
     MissingScriptError,
     UnknownRevisionError,
 )
-from .ledger import LedgerEntry, checksum, read_ledger, script_message
+from .ledger import LedgerEntry, read_ledger, script_message, script_source
 from .ledger_checks import Finding, findings, on_disk, scripts_to_recover, write_scripts
 from .migrator_base import MigratorBase
 from .squash import archived_scripts
@@ -144,21 +143,21 @@ class LedgerCommands(MigratorBase):
             rows = []
             for finding in edited:
                 revision = script.get_revision(finding.revision)
-                raw = Path(revision.path).read_bytes()
+                digest, name, source = script_source(revision)
                 rows.append(
                     {
                         "revision": finding.revision,
                         "direction": "accepted",
-                        "checksum": checksum(raw),
-                        "script": Path(revision.path).name,
-                        "source": raw.decode("utf-8", errors="replace"),
+                        "checksum": digest,
+                        "script": name,
+                        "source": source,
                         "message": script_message(revision),
                     }
                 )
             async with child.connect() as connection:
                 await connection.execute(table.insert(), rows)
                 await connection.commit()
-            accepted.extend(row["revision"] for row in rows)
+            accepted.extend(f.revision for f in edited)
         return accepted
 
     async def recover(self, revisions: Sequence[str] = ()) -> list[Path]:
@@ -195,7 +194,7 @@ class LedgerCommands(MigratorBase):
     def _loaded_scripts(self, config: Config) -> ScriptDirectory | None:
         """The scripts loaded, or None when they cannot be (a script missing mid-history)."""
         try:
-            return alembic_bridge.load_scripts(config, self.database.sqlalchemy_url)
+            return self.script_directory(config)
         except Exception:
             return None
 

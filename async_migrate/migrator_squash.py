@@ -19,9 +19,15 @@ from sqlalchemy.engine import make_url
 
 from .alembic_errors import version_locations
 from .errors import CommandError, ConfigurationError, MissingScriptError, UnknownRevisionError
-from .ledger import ledger_table_name
 from .migrator_checks import ChecksCommands
-from .schema_snapshot import require_empty, rows_of, schema_difference, schema_of, wipe
+from .schema_snapshot import (
+    own_tables,
+    require_empty,
+    rows_of,
+    schema_difference,
+    schema_of,
+    wipe,
+)
 from .squash import plan_squash, render_baseline, squashed_revisions, write_baseline
 
 if TYPE_CHECKING:
@@ -75,9 +81,8 @@ class SquashCommands(ChecksCommands):
         location = self._first_location(config)
         async with self._scratch(scratch_url) as scratch:
             await scratch.upgrade(plan.target)
-            ignored = {self.version_table, ledger_table_name(self.version_table, self.ledger_table)}
             async with scratch.connect() as connection:
-                code = await connection.run_sync(render_baseline, ignored, keep_data)
+                code = await connection.run_sync(render_baseline, own_tables(self), keep_data)
         path = write_baseline(script, plan, message, code, location)
         log.info(
             "Squashed %d revisions into %s (%s); the old scripts are in %s",
@@ -130,11 +135,7 @@ class SquashCommands(ChecksCommands):
             config.set_main_option("version_locations", str(folder))
             return config
 
-        return type(self)(
-            self.engine, self.metadata, self.directory, stdout=None,
-            configure=[*self.configure_callbacks, archived], x_arg=self.x_arg,
-            **self.settings.keywords(), **self.context_kwargs,
-        )  # fmt: skip
+        return self.on_database(self.engine, configure=[archived])
 
     def _first_location(self, config: Config) -> Path:
         locations = version_locations(config)
@@ -153,11 +154,7 @@ class SquashCommands(ChecksCommands):
         with tempfile.TemporaryDirectory(prefix="async-migrate-squash-") as folder:
             if url is None:
                 url, created = await self._temporary_database(Path(folder))
-            scratch = type(self)(
-                url, self.metadata, self.directory, stdout=None,
-                configure=self.configure_callbacks, x_arg=self.x_arg,
-                **{**self.settings.keywords(), "ledger": False}, **self.context_kwargs,
-            )  # fmt: skip
+            scratch = self.on_database(url, ledger=False)
             try:
                 await require_empty(scratch)
                 yield scratch

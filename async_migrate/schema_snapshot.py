@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 
 from .errors import AsyncMigrateError
 from .ledger import ledger_table_name
+from .reflection import reflected, table_rows
 
 if TYPE_CHECKING:
     from .migrator_base import MigratorBase
@@ -25,7 +26,8 @@ class NotEmptyError(AsyncMigrateError):
     """The test kit (or a squash) was pointed at a database that has tables: it would wipe them."""
 
 
-def _own_tables(migrator: MigratorBase) -> set[str]:
+def own_tables(migrator: MigratorBase) -> set[str]:
+    """The tool's own tables (the version table and the ledger): no part of the schema compared."""
     return {
         migrator.version_table,
         ledger_table_name(migrator.version_table, migrator.ledger_table),
@@ -84,7 +86,7 @@ def _type_name(type_: Any, connection: Connection) -> str:
 
 async def schema_of(migrator: MigratorBase) -> dict[str, Any]:
     """The database's schema as plain data (the version table and the ledger left out)."""
-    ignored = _own_tables(migrator)
+    ignored = own_tables(migrator)
     async with migrator.connect() as connection:
         try:
             return await connection.run_sync(_schema, ignored)
@@ -94,18 +96,15 @@ async def schema_of(migrator: MigratorBase) -> dict[str, Any]:
 
 async def rows_of(migrator: MigratorBase) -> dict[str, Any]:
     """Every row of every table (the version table and the ledger left out), by ``rows of <table>``."""
-    ignored = _own_tables(migrator)
+    ignored = own_tables(migrator)
 
     def read(connection: Connection) -> dict[str, Any]:
-        metadata = sa.MetaData()
-        names = [n for n in sa.inspect(connection).get_table_names() if n not in ignored]
-        metadata.reflect(connection, only=names)
-        found = {}
-        for table in metadata.sorted_tables:
-            order = list(table.primary_key.columns) or list(table.columns)
-            rows = connection.execute(sa.select(table).order_by(*order))
-            found[f"rows of {table.name}"] = [[str(v) for v in row] for row in rows]
-        return found
+        return {
+            f"rows of {table.name}": [
+                [str(v) for v in row.values()] for row in table_rows(connection, table)
+            ]
+            for table in reflected(connection, ignored).sorted_tables
+        }
 
     async with migrator.connect() as connection:
         try:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,13 +73,21 @@ def _version_files(locations: Sequence[str]) -> list[tuple[int, os.DirEntry[str]
     return files
 
 
-def newest_change(locations: Sequence[str]) -> float:
-    """When a version file (or folder) last changed, as ``time.time()`` (0.0: no file)."""
-    times = [entry.stat().st_mtime for _, entry in _version_files(locations)]
+def settled_files(
+    locations: Sequence[str], fingerprint: str, settled_s: float
+) -> frozenset[str] | None:
+    """The paths of the version files, in one scan, when they still have ``fingerprint`` and none of
+    them (nor a folder) changed in the last ``settled_s`` seconds; else None."""
+    files = _version_files(locations)
+    if _fingerprint(files) != fingerprint:
+        return None
+    times = [entry.stat().st_mtime for _, entry in files]  # DirEntry caches the stat
     for location in locations:
         with contextlib.suppress(OSError):
             times.append(os.stat(location).st_mtime)
-    return max(times, default=0.0)
+    if max(times, default=0.0) > time.time() - settled_s:
+        return None
+    return frozenset(entry.path for _, entry in files)
 
 
 def version_paths(locations: Sequence[str]) -> frozenset[str]:

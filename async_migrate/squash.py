@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 
 from . import script_heads
 from .errors import CommandError
+from .reflection import reflected, table_rows
 
 if TYPE_CHECKING:
     from alembic.script import Script, ScriptDirectory
@@ -63,14 +64,14 @@ def plan_squash(script: ScriptDirectory, to: str) -> SquashPlan:
         raise CommandError(f"Cannot squash to {to!r}: there is no revision to squash.")
     replaced = list(reversed(list(script.iterate_revisions(target.revision, "base"))))
     ids = {s.revision for s in replaced}
+    # Revisions that stand on a replaced one other than the target: a branch the baseline would cut off.
+    outside = [
+        s.revision
+        for s in script.walk_revisions()
+        if s.revision not in ids and set(s._all_down_revisions) & (ids - {target.revision})
+    ]
     for item in replaced:
-        downs = item._all_down_revisions
-        outside = [
-            s.revision
-            for s in script.walk_revisions()
-            if s.revision not in ids and set(s._all_down_revisions) & (ids - {target.revision})
-        ]
-        if len(downs) > 1 or item.dependencies or outside:
+        if len(item._all_down_revisions) > 1 or item.dependencies or outside:
             raise CommandError(
                 f"Cannot squash to {target.revision}: the history below it is not one line "
                 f"({item.revision} merges or depends on others, or {', '.join(outside) or 'another revision'} "
@@ -92,13 +93,6 @@ def plan_squash(script: ScriptDirectory, to: str) -> SquashPlan:
 # -- the scratch database, rendered ------------------------------------------------------------------------
 
 
-def _reflected(connection: Connection, ignored: set[str]) -> sa.MetaData:
-    metadata = sa.MetaData()
-    names = [n for n in sa.inspect(connection).get_table_names() if n not in ignored]
-    metadata.reflect(connection, only=names)
-    return metadata
-
-
 def _enum_names(metadata: sa.MetaData) -> list[str]:
     names: dict[str, None] = {}
     for table in metadata.sorted_tables:
@@ -113,8 +107,7 @@ def _seed(connection: Connection, metadata: sa.MetaData) -> list[str]:
     """``op.bulk_insert`` lines for every row in the scratch database: what the data migrations left."""
     lines = []
     for table in metadata.sorted_tables:
-        order = list(table.primary_key.columns) or list(table.columns)
-        rows = [dict(row._mapping) for row in connection.execute(sa.select(table).order_by(*order))]
+        rows = table_rows(connection, table)
         if not rows:
             continue
         columns = ", ".join(f"sa.column({c.name!r})" for c in table.columns)
@@ -128,7 +121,7 @@ def render_baseline(connection: Connection, ignored: set[str], keep_data: bool) 
     from alembic.autogenerate import render_python_code
     from alembic.operations import ops
 
-    metadata = _reflected(connection, ignored)
+    metadata = reflected(connection, ignored)
     tables = metadata.sorted_tables
     up: list[Any] = []
     for table in tables:

@@ -22,10 +22,15 @@ found empty is wiped).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import AsyncMigrateError, MigrationFailedError, ModelsDifferError
+from .autogenerate import refuse_unreviewed
+from .errors import (
+    AsyncMigrateError,
+    MigrationFailedError,
+    ModelsDifferError,
+    UnreviewedWarningsError,
+)
 from .schema_snapshot import (
     NotEmptyError,
     require_empty,
@@ -142,20 +147,13 @@ async def downgrade_leaves_no_trace(migrator: Migrator) -> None:
 
 
 async def lint_clean(migrator: Migrator) -> None:
-    from .review import unreviewed_warnings
-
     script = migrator.script_directory()
-    left = unreviewed_warnings([s.path for s in script.walk_revisions()])
-    if left:
-        path, _ = left[0]
+    try:
+        refuse_unreviewed(script)
+    except UnreviewedWarningsError as exc:
+        path = exc.warnings[0][0]
         revision = next((s.revision for s in script.walk_revisions() if s.path == path), None)
-        listed = "; ".join(f"{Path(p).name}: {w}" for p, w in left[:5])
-        raise CheckFailed(
-            "lint_clean",
-            f"{len(left)} autogenerate warning(s) not reviewed: {listed}. Review each operation, then "
-            "delete its '# WARNING:' comment.",
-            revision,
-        )
+        raise CheckFailed("lint_clean", str(exc), revision) from exc
 
 
 #: Every check, by name, in the order they run.

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import io
 import shutil
 import statistics
 import sys
@@ -38,14 +37,12 @@ from .upgrade_speed import (
     Environment,
     History,
     Samples,
-    _compile,
     _machine,
     _ours_upgrade,
     _quiet_check,
-    _run_async,
     _table,
     _verdict,
-    _write_versions,
+    make_history,
     server_url,
     verify_pg,
     verify_sqlite,
@@ -59,26 +56,6 @@ QUICK_REPETITIONS = 3
 FULL_FACTOR = 1.05
 NOOP_MARGIN_MS = 1.0
 MODES = {"on": {}, "off": {"ledger": False}}
-
-
-def make_history(size: int, root: Path, env: Environment) -> History:
-    """Our migrations folder for a history of ``size`` revisions (no reference tool's)."""
-    from async_migrate import Migrator
-
-    history = History(size, root)
-    root.mkdir(parents=True)
-
-    async def init() -> None:
-        async with Migrator(
-            env.sqlite_url(root / "unused.db"), None, history.ours, stdout=None
-        ) as m:
-            await m.init()
-
-    with contextlib.redirect_stdout(io.StringIO()):  # Alembic's init prints to sys.stdout itself
-        _run_async(init)
-    _write_versions(history.ours / "versions", size)
-    _compile(env.python, history.ours)
-    return history
 
 
 def _ledger_rows(env: Environment, database: str) -> int:
@@ -189,8 +166,9 @@ def report(samples: Samples) -> bool:
 
 
 @contextlib.contextmanager
-def _environment() -> Iterator[Environment]:
-    workdir = Path(tempfile.mkdtemp(prefix="bench-ledger-cost-"))
+def scratch_environment(prefix: str) -> Iterator[Environment]:
+    """An Environment with a work folder (removed after) and no reference venv."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     env = Environment(
         python=Path(sys.executable), reference_python=Path(sys.executable), server=server_url(),
         workdir=workdir,
@@ -209,13 +187,15 @@ def run(quick: bool = False) -> bool:
     print(f"Benchmark ledger_cost: {TITLE}")
     print(f"  date:    {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     samples = Samples()
-    with _environment() as env:
+    with scratch_environment("bench-ledger-cost-") as env:
         print(f"  machine: {_machine(env)}")
         print(f"  method:  fresh process per timed call, fresh database per full upgrade, median of "
               f"{repetitions} runs, ledger on/off interleaved, after 1 untimed warm-up run")  # fmt: skip
         print(f"  before:  {_quiet_check(env)}", flush=True)
-        sqlite_history = make_history(SQLITE_REVISIONS, env.workdir / "sqlite", env)
-        pg_history = make_history(PG_REVISIONS, env.workdir / "pg", env)
+        sqlite_history = make_history(
+            SQLITE_REVISIONS, env.workdir / "sqlite", env, references=False
+        )
+        pg_history = make_history(PG_REVISIONS, env.workdir / "pg", env, references=False)
         warm = env.scratch("warmup.db")
         _ours_upgrade(env, env.sqlite_url(warm), pg_history, PG_REVISIONS, preload=True)
         measure_full_sqlite(env, sqlite_history, repetitions, samples)

@@ -20,14 +20,12 @@ import argparse
 import asyncio
 import datetime
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .ledger_cost import make_history
+from .ledger_cost import scratch_environment
 from .upgrade_speed import (
     MARKER,
     PROJECT_ROOT,
@@ -38,7 +36,7 @@ from .upgrade_speed import (
     _quiet_check,
     _table,
     _verdict,
-    server_url,
+    make_history,
     verify_sqlite,
 )
 
@@ -81,16 +79,13 @@ def run(quick: bool = False) -> bool:
     repetitions = 1 if quick else 3
     print(f"Benchmark squash_speed: {TITLE}")
     print(f"  date:    {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    workdir = Path(tempfile.mkdtemp(prefix="bench-squash-"))
-    env = Environment(python=Path(sys.executable), reference_python=Path(sys.executable),
-                      server=server_url(), workdir=workdir)  # fmt: skip
     samples: dict[str, list[float]] = {}
-    try:
-        (workdir / "runs").mkdir()
+    with scratch_environment("bench-squash-") as env:
+        workdir = env.workdir
         print(f"  machine: {_machine(env)}")
         print(f"  before:  {_quiet_check(env)}", flush=True)
-        chain = make_history(REVISIONS, workdir / "chain", env)
-        squashed = make_history(REVISIONS, workdir / "squashed", env)
+        chain = make_history(REVISIONS, workdir / "chain", env, references=False)
+        squashed = make_history(REVISIONS, workdir / "squashed", env, references=False)
         _squash(env, squashed.ours)
         for repetition in range(1, repetitions + 1):
             line = []
@@ -116,9 +111,6 @@ def run(quick: bool = False) -> bool:
             print(f"  run {repetition}, fresh SQLite file, {REVISIONS:,} revisions (s): "
                   f"{', '.join(line)}", flush=True)  # fmt: skip
         print(f"  after:   {_quiet_check(env)}")
-    finally:
-        env.drop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
     median = {case: statistics.median(values) for case, values in samples.items()}
     ratio = median["squashed"] / median["create_all"]
     passed = ratio <= TARGET_FACTOR

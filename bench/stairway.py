@@ -20,31 +20,25 @@ Run it alone with ``python -m bench.stairway [--quick]`` or with the others via 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import json
 import os
-import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 
-from .ledger_cost import make_history
+from .ledger_cost import scratch_environment
 from .upgrade_speed import (
     PROJECT_ROOT,
     BenchError,
-    Environment,
     _check_run,
     _machine,
     _quiet_check,
     _table,
     _verdict,
-    server_url,
+    make_history,
+    venv_python,
 )
 
 TITLE = "the test kit's stairway beside pytest-alembic's up/down consistency test"
@@ -92,28 +86,11 @@ def alembic_engine():
 
 
 def pytest_alembic_python() -> Path:
-    venv = Path(
+    venv = (
         os.environ.get("ASYNC_MIGRATE_BENCH_PA_VENV") or PROJECT_ROOT / ".bench-venv-pytest-alembic"
     )
-    python = venv / "bin" / "python"
-    requirements = [
-        "pytest-alembic",
-        "pytest<8.4",  # pytest-alembic 0.13 breaks on pytest 9's collectors
-        f"alembic=={metadata.version('alembic')}",
-        f"SQLAlchemy=={metadata.version('SQLAlchemy')}",
-    ]
-    wanted = json.dumps({"python": platform.python_version(), "requirements": requirements})
-    stamp = venv / "bench-requirements.json"
-    with contextlib.suppress(OSError):
-        if python.exists() and stamp.read_text() == wanted:
-            return python
-    print(f"  setting up {venv}: {' '.join(requirements)}", flush=True)
-    shutil.rmtree(venv, ignore_errors=True)
-    _check_run([sys.executable, "-m", "venv", str(venv)], "python -m venv")
-    _check_run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                *requirements], "pip install")  # fmt: skip
-    stamp.write_text(wanted)
-    return python
+    # pytest-alembic 0.13 breaks on pytest 9's collectors.
+    return venv_python(Path(venv), ["pytest-alembic", "pytest<8.4"])
 
 
 def _timed(command: Sequence[str], what: str, **kwargs: object) -> float:
@@ -126,16 +103,13 @@ def run(quick: bool = False) -> bool:
     repetitions = 1 if quick else 3
     print(f"Benchmark stairway: {TITLE}")
     print(f"  date:    {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    workdir = Path(tempfile.mkdtemp(prefix="bench-stairway-"))
-    env = Environment(python=Path(sys.executable), reference_python=Path(sys.executable),
-                      server=server_url(), workdir=workdir)  # fmt: skip
     samples: dict[str, list[float]] = {}
-    try:
-        (workdir / "runs").mkdir()
+    with scratch_environment("bench-stairway-") as env:
+        workdir = env.workdir
         print(f"  machine: {_machine(env)}")
         print(f"  before:  {_quiet_check(env)}", flush=True)
         pa_python = pytest_alembic_python()
-        history = make_history(REVISIONS, workdir / "history", env)
+        history = make_history(REVISIONS, workdir / "history", env, references=False)
         plain = workdir / "plain"
         plain.mkdir()
         (plain / "env.py").write_text(PA_ENV)
@@ -163,9 +137,6 @@ def run(quick: bool = False) -> bool:
                 line.append(f"{case} {seconds:.2f}")
             print(f"  run {repetition}, {REVISIONS} revisions (s): {', '.join(line)}", flush=True)
         print(f"  after:   {_quiet_check(env)}")
-    finally:
-        env.drop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
     median = {case: statistics.median(values) for case, values in samples.items()}
     ours_each = median["ours-stairway"] / (3 * REVISIONS) * 1000
     theirs_each = median["pytest-alembic"] / (2 * REVISIONS) * 1000

@@ -249,8 +249,9 @@ def _compile(python: Path, directory: Path) -> None:
     _check_run([str(python), "-m", "compileall", "-q", "-j", "0", str(directory)], "compileall")
 
 
-def make_history(size: int, root: Path, env: Environment) -> History:
-    """The migrations folders for a history of ``size`` revisions, under ``root``."""
+def make_history(size: int, root: Path, env: Environment, references: bool = True) -> History:
+    """The migrations folders for a history of ``size`` revisions, under ``root`` (without
+    ``references``: only ours, no Flask-Migrate or plain folder)."""
     from async_migrate import Migrator
 
     history = History(size, root)
@@ -265,13 +266,15 @@ def make_history(size: int, root: Path, env: Environment) -> History:
     # Alembic's init prints its progress to sys.stdout itself, whatever the Migrator's stdout.
     with contextlib.redirect_stdout(io.StringIO()):
         _run_async(init)
-    env.child(env.reference_python, "flask-init", directory=str(history.flask))
     _write_versions(history.ours / "versions", size)
+    _compile(env.python, history.ours)
+    if not references:
+        return history
+    env.child(env.reference_python, "flask-init", directory=str(history.flask))
     shutil.copytree(history.ours / "versions", history.flask / "versions", dirs_exist_ok=True)
     history.plain.mkdir()
     (history.plain / "env.py").write_text(PLAIN_ENV)
     (history.plain / "versions").symlink_to(history.ours / "versions")
-    _compile(env.python, history.ours)
     _compile(env.python, history.plain)
     _compile(env.reference_python, history.flask)
     return history
@@ -347,10 +350,14 @@ def reference_venv_path() -> Path:
 
 def reference_python() -> Path:
     """The interpreter of the reference tools' venv, created (or rebuilt) when needed."""
-    venv = reference_venv_path()
+    return venv_python(reference_venv_path(), REFERENCE_PACKAGES)
+
+
+def venv_python(venv: Path, packages: Sequence[str]) -> Path:
+    """The interpreter of a venv with ``packages``, created (or rebuilt) when they change."""
     python = venv / "bin" / "python"
     requirements = [
-        *REFERENCE_PACKAGES,
+        *packages,
         # The same Alembic and SQLAlchemy as ours, so that the comparison is of the tools around them.
         f"alembic=={metadata.version('alembic')}",
         f"SQLAlchemy=={metadata.version('SQLAlchemy')}",
@@ -360,7 +367,7 @@ def reference_python() -> Path:
     with contextlib.suppress(OSError):
         if python.exists() and stamp.read_text() == wanted:
             return python
-    print(f"  setting up the reference venv {venv}: {' '.join(requirements)}", flush=True)
+    print(f"  setting up the venv {venv}: {' '.join(requirements)}", flush=True)
     shutil.rmtree(venv, ignore_errors=True)
     _check_run([sys.executable, "-m", "venv", str(venv)], "python -m venv")
     _check_run(
