@@ -158,6 +158,14 @@ def translate(
             "table or two tools migrating at once leave this. Check which one the schema matches, then "
             "record it with `stamp --purge <revision>`."
         )
+    if "Online migration expected to match one row" in message:
+        return CommandError(
+            f"{sentence(message)}: the version table no longer held the revision being moved from. "
+            "Something else changed it during the migration: a revision script that writes to it, or "
+            "a client that migrates without the migration lock. The failing revision was rolled back "
+            "(where DDL commits as it runs, MySQL/MariaDB, its statements stay applied). Check the "
+            "version table with `current`, fix what writes to it, then run the command again."
+        )
     if "Multiple head revisions" in message or "multiple heads" in message.lower():
         return CommandError(
             f"{message} Merge them with `merge heads -m 'merge'`, or name a revision."

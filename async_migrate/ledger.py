@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import getpass
 import hashlib
+import math
 import os
 import socket
 import sys
@@ -27,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from . import asyncpg_simple_query
 from .errors import LedgerError, connection_lost
 
 if TYPE_CHECKING:
@@ -197,7 +199,7 @@ def _database_user(connection: Connection) -> str | None:
         return None
     try:
         user = connection.execute(sa.select(sa.func.current_user())).scalar()
-    except Exception:
+    except sa.exc.DBAPIError:
         return None
     return str(user)[:255] if user is not None else None
 
@@ -213,6 +215,7 @@ class LedgerRecorder:
     def __init__(self, table: sa.Table, started_at: Sequence[str] = ()) -> None:
         self.table = table
         self._statement = table.insert()
+        self._literal: tuple[sa.Dialect, dict[str, Any], str, list[str], str] | None = None
         self.started_at = tuple(started_at)
         self._context: MigrationContext | None = None
         self._who: dict[str, Any] = {}
@@ -228,8 +231,12 @@ class LedgerRecorder:
     def __call__(
         self, *, ctx: MigrationContext, step: MigrationInfo, heads: set[str], run_args: Any
     ) -> None:
+        from alembic.util import CommandError as AlembicCommandError
+
         try:
             self._record(ctx, step)
+        except AlembicCommandError:
+            raise  # the version table's own check (asyncpg_simple_query.check_version_rows)
         except Exception as exc:
             if connection_lost(exc):
                 raise  # told as a lost connection, like any other statement's
@@ -312,10 +319,68 @@ class LedgerRecorder:
         if ctx.as_sql:  # rendered into the script, values and all
             ctx.execute(self.table.insert().values(**self._who, **row))
             return
+        connection = ctx.connection
+        assert connection is not None
+        if asyncpg_simple_query.sends_simply(connection):
+            self._insert_simply(connection, row)
+            return
         # One statement, compiled once, for every row: building a VALUES clause per row would cost
         # more than the INSERT itself.
-        assert ctx.connection is not None
-        ctx.connection.execute(self._statement, {**_NO_VALUES, **self._who, **row})
+        connection.execute(self._statement, {**_NO_VALUES, **self._who, **row})
+
+    def _insert_simply(self, connection: Connection, row: dict[str, Any]) -> None:
+        """The row in one simple query, its values as literals, carrying along the revision's
+        version-table statement, held for it (:func:`asyncpg_simple_query.holding_version_statements`):
+        the ledger adds no round trip. With parameters, asyncpg would prepare the INSERT again for every
+        revision (the adapter drops its prepared statements after any DDL): three more round trips.
+        """
+        insert = self._literal_insert(connection.dialect, row)
+        held = asyncpg_simple_query.take_held(connection)
+        rowless = {asyncpg_simple_query.ROWLESS: True}
+        if len(held) == 1:
+            # A WITH that changes rows runs once, whatever the rest does; the row is inserted once per
+            # version row changed, which the count tells.
+            into, literals = insert
+            statement = f"WITH moved AS ({held[0]} RETURNING 1) {into} SELECT {literals} FROM moved"
+            found = connection.exec_driver_sql(statement, execution_options=rowless).rowcount
+            asyncpg_simple_query.check_version_rows(held[0], found)
+            return
+        for version_statement in held:  # a merge deletes and updates: each one checked on its own
+            found = connection.exec_driver_sql(
+                version_statement, execution_options=rowless
+            ).rowcount
+            asyncpg_simple_query.check_version_rows(version_statement, found)
+        connection.exec_driver_sql(f"{insert[0]} VALUES ({insert[1]})", execution_options=rowless)
+
+    def _literal_insert(self, dialect: sa.Dialect, row: dict[str, Any]) -> tuple[str, str]:
+        """``INSERT INTO ledger (columns)`` and the row's values as PostgreSQL literals (who ran it:
+        rendered once per run)."""
+        if (
+            self._literal is None
+            or self._literal[0] is not dialect
+            or self._literal[1] is not self._who
+        ):
+            preparer = dialect.identifier_preparer
+            names = [column.name for column in self.table.columns if column.name != "id"]
+            own = [name for name in names if name not in self._who]
+            who = [name for name in names if name in self._who]
+            quoted = ", ".join(preparer.quote(name) for name in own + who)
+            into = f"INSERT INTO {preparer.format_table(self.table)} ({quoted})"
+            who_values = "".join(f", {_postgres_literal(self._who[name])}" for name in who)
+            self._literal = (dialect, self._who, into, own, who_values)
+        _, _, into, own, who_values = self._literal
+        return into, ", ".join(_postgres_literal(row.get(name)) for name in own) + who_values
+
+
+def _postgres_literal(value: Any) -> str:
+    """``value`` as a PostgreSQL literal. Text goes in E'...', whose backslashes are escapes whatever
+    the server's standard_conforming_strings says (a plain '...' would change meaning with it)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "NULL"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = value.isoformat(sep=" ") if isinstance(value, datetime.datetime) else str(value)
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _rows_of(step: MigrationInfo) -> list[tuple[str, Script | None, str]]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from . import alembic_bridge
+from . import alembic_bridge, asyncpg_simple_query
 from .alembic_errors import unknown_revisions
 from .database import Database, answered_within, discard
 from .ddl_guard import (
@@ -176,11 +176,21 @@ class MigrationRun:
         # Remember what a failing revision did that its rollback cannot undo: every statement where DDL
         # commits as it runs, those of an autocommit_block() elsewhere.
         transactional = connection.dialect.name in ("postgresql", "sqlite")
-        with (
-            self.recorder.watching_statements(sync_connection, autocommit_only=transactional)
-            if sync_connection is not None
-            else contextlib.nullcontext()
-        ):
+        with contextlib.ExitStack() as stack:
+            if sync_connection is not None:
+                stack.enter_context(
+                    self.recorder.watching_statements(
+                        sync_connection, autocommit_only=transactional
+                    )
+                )
+                if self.ledger is not None:  # the ledger's row takes the version table's along
+                    stack.enter_context(
+                        asyncpg_simple_query.holding_version_statements(
+                            sync_connection,
+                            self.database.version_table,
+                            self.database.version_table_schema,
+                        )
+                    )
             await self._migrate(connection)
         self.finished = True
         self.recorder.summarise()

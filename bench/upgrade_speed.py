@@ -542,10 +542,12 @@ def _ours_upgrade(
     expect_applied: int,
     *,
     preload: bool = False,
+    time_ledger: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """One ``await Migrator(url, None, dir, stdout=None, **options).upgrade()`` in a fresh process; with
-    ``preload``, Alembic and the database driver are imported before the timed call."""
+    ``preload``, Alembic and the database driver are imported before the timed call; with
+    ``time_ledger``, the report's ``ledger_s`` is the time spent in the ledger's callback."""
     report = env.child(
         env.python,
         "ours-upgrade",
@@ -553,6 +555,7 @@ def _ours_upgrade(
         directory=str(history.ours),
         options=options,
         preload=preload,
+        time_ledger=time_ledger,
     )
     if report["applied"] != expect_applied:
         raise BenchError(
@@ -1116,6 +1119,7 @@ def _child_ours_upgrade(args: dict[str, Any]) -> dict[str, Any]:
         make_url(args["url"]).get_dialect().import_dbapi()
     before = set(sys.modules)
     options: dict[str, Any] = args.get("options") or {}
+    ledger_s = _time_the_ledger() if args.get("time_ledger") else None
 
     async def upgrade() -> tuple[float, float, float, tuple[str, ...]]:
         cpu, start = time.process_time(), time.perf_counter()
@@ -1133,7 +1137,28 @@ def _child_ours_upgrade(args: dict[str, Any]) -> dict[str, Any]:
         "cpu_s": cpu_s,
         "applied": len(applied),
         "imported_during_call": sorted(set(sys.modules) - before),
+        **({"ledger_s": ledger_s[0]} if ledger_s is not None else {}),
     }
+
+
+def _time_the_ledger() -> list[float]:
+    """Time spent in the ledger's ``on_version_apply`` callback from now on, in seconds (one number in
+    a list, added to as the upgrade runs). On asyncpg the callback also sends the revision's version
+    table UPDATE, which it carries: the time is an upper bound of what the ledger adds."""
+    from async_migrate.ledger import LedgerRecorder
+
+    spent = [0.0]
+    record = LedgerRecorder.__call__
+
+    def timed(self: LedgerRecorder, **kwargs: Any) -> None:
+        start = time.perf_counter()
+        try:
+            record(self, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - start
+
+    LedgerRecorder.__call__ = timed  # type: ignore[method-assign]
+    return spent
 
 
 def _child_flask_upgrade(args: dict[str, Any]) -> dict[str, Any]:

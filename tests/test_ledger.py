@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -10,11 +11,16 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from alembic.util import CommandError as AlembicCommandError
 
-from async_migrate import Migrator
+from async_migrate import Migrator, asyncpg_simple_query
+from async_migrate.database import Database
 from async_migrate.errors import (
     CommandError,
     ConfigurationError,
@@ -25,7 +31,19 @@ from async_migrate.errors import (
     UnknownRevisionError,
 )
 
-from conftest import LOG_TABLE, chain, execute, make_migrations, pg_admin, rev_id, run_query
+from conftest import (
+    CREATE_LOG,
+    LOG_COUNTS,
+    LOG_TABLE,
+    VERSION,
+    chain,
+    execute,
+    log_insert,
+    make_migrations,
+    pg_admin,
+    rev_id,
+    run_query,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -129,7 +147,9 @@ async def test_an_edited_script_is_reported_with_its_diff_and_blocks_upgrade(
     async with Migrator(db_url, None, migrations, stdout=None) as migrator:
         await migrator.upgrade("r02")
         edited = script_of(migrations, 1)
-        edited.write_text(edited.read_text().replace("    pass\n", "    op.drop_table('boot_log')\n"))
+        edited.write_text(
+            edited.read_text().replace("    pass\n", "    op.drop_table('boot_log')\n")
+        )
         findings = await migrator.verify()
         assert [(f.kind, f.revision) for f in findings] == [("edited", "r01")]
         assert "+    op.drop_table('boot_log')" in findings[0].diff
@@ -176,7 +196,9 @@ def test_verify_and_log_on_the_command_line(tmp_path: Path, sqlite_url: str) -> 
     assert logged.returncode == 0 and "upgrade   r02 r02" in logged.stdout, logged
     assert len(logged.stdout.splitlines()) == 1
     rows = json.loads(cli(sqlite_url, migrations, "log", "--json").stdout)
-    assert [row["revision"] for row in rows] == ["r02", "r01"] and rows[0]["finished_at"].endswith("Z")
+    assert [row["revision"] for row in rows] == ["r02", "r01"] and rows[0]["finished_at"].endswith(
+        "Z"
+    )
     script = script_of(migrations, 1)
     script.write_text(script.read_text() + "\nEDITED = True\n")
     found = cli(sqlite_url, migrations, "verify")
@@ -184,7 +206,9 @@ def test_verify_and_log_on_the_command_line(tmp_path: Path, sqlite_url: str) -> 
     assert found.stdout.startswith("EDITED: Revision r01 was edited after it was applied")
     assert "+EDITED = True" in found.stdout
     blocked = cli(sqlite_url, migrations, "upgrade")
-    assert blocked.returncode == 1 and "Error: Not upgrading: 1 script(s)" in blocked.stderr, blocked
+    assert blocked.returncode == 1 and "Error: Not upgrading: 1 script(s)" in blocked.stderr, (
+        blocked
+    )
     allowed = cli(sqlite_url, migrations, "upgrade", "--allow-edited")
     assert allowed.returncode == 0 and "were edited after they ran: r01" in allowed.stderr, allowed
     accepted = cli(sqlite_url, migrations, "verify", "--accept")
@@ -200,7 +224,9 @@ async def test_a_deleted_script_is_recovered_byte_for_byte(tmp_path: Path, db_ur
     async with Migrator(db_url, None, migrations, stdout=None) as migrator:
         await migrator.upgrade()
         last.unlink()
-        with pytest.raises(UnknownRevisionError, match=r"keeps a copy of the script of r03.*`recover`"):
+        with pytest.raises(
+            UnknownRevisionError, match=r"keeps a copy of the script of r03.*`recover`"
+        ):
             await migrator.current()
         assert [(f.kind, f.revision) for f in await migrator.verify()] == [("missing", "r03")]
         assert await migrator.recover() == [last]
@@ -284,7 +310,9 @@ async def test_offline_sql_writes_the_ledger_too(tmp_path: Path, pg_url: str) ->
         await connection.execute(script)
     finally:
         await connection.close()
-    rows = await run_query(pg_url, f"SELECT revision, direction, checksum FROM {LEDGER} ORDER BY id")
+    rows = await run_query(
+        pg_url, f"SELECT revision, direction, checksum FROM {LEDGER} ORDER BY id"
+    )
     assert rows == [
         ("r01", "upgrade", sha256(script_of(migrations, 1))),
         ("r02", "upgrade", sha256(script_of(migrations, 2))),
@@ -311,7 +339,9 @@ async def test_a_ledger_that_cannot_be_written_rolls_the_revision_back(
         await execute(pg_url, f"REVOKE INSERT ON {LEDGER} FROM {role}")
         limited = pg_url.replace("postgres@", f"{role}@")
         async with Migrator(limited, None, migrations, stdout=None) as migrator:
-            with pytest.raises(CommandError, match=r"could not record revision r02.*permission denied"):
+            with pytest.raises(
+                CommandError, match=r"could not record revision r02.*permission denied"
+            ):
                 await migrator.upgrade()
             assert await migrator.current(quiet=True) == ("r01",)
         assert await run_query(pg_url, f"SELECT rev FROM {LOG_TABLE}") == [("r01",)]
@@ -328,7 +358,9 @@ async def test_doctor_reports_what_verify_finds(tmp_path: Path, sqlite_url: str)
         script_of(migrations, 2).unlink()
         diagnosis = await migrator.doctor()
     assert not diagnosis.healthy
-    assert any("`recover r02` writes it back" in problem for problem in diagnosis.problems), diagnosis
+    assert any("`recover r02` writes it back" in problem for problem in diagnosis.problems), (
+        diagnosis
+    )
 
 
 async def test_the_ledger_lives_beside_a_version_table_in_another_schema(
@@ -343,3 +375,161 @@ async def test_the_ledger_lives_beside_a_version_table_in_another_schema(
         assert [e.revision for e in await migrator.log()] == ["r02", "r01"]
         assert await migrator.verify() == []
     assert await run_query(pg_url, f"SELECT count(*) FROM meta.{LEDGER}") == [(2,)]
+
+
+# Every character a literal could trip on: quotes, backslashes (and a backslash before a quote), dollar
+# quoting, placeholders of every paramstyle, a NUL-free control character, non-ASCII text.
+AWKWARD_TEXT = "it's \\ a \\' $1 $$ $tag$ %s %(name)s :name ? \t ünïcødé ✓ \x07 '' \\\\n"
+
+
+async def _upgrade_delete_and_recover_an_awkward_script(tmp_path: Path, url: str) -> None:
+    migrations = await make_migrations(url, tmp_path / "migrations", chain(2))
+    last = script_of(migrations, 2)
+    source = last.read_text(encoding="utf-8").replace('"""', f'r"""{AWKWARD_TEXT}\n\n', 1)
+    last.write_bytes(f"{source}\n# {AWKWARD_TEXT}\n".encode())
+    original = last.read_bytes()
+    async with Migrator(url, None, migrations, stdout=None) as migrator:
+        await migrator.upgrade()
+        entries = await migrator.log()
+        assert entries[0].message == AWKWARD_TEXT.strip()
+        assert entries[0].checksum == sha256(last)
+        last.unlink()
+        assert await migrator.recover() == [last]
+        assert last.read_bytes() == original
+        assert await migrator.verify() == []
+
+
+async def test_a_script_with_awkward_text_is_kept_byte_for_byte(
+    tmp_path: Path, backend_url: str
+) -> None:
+    await _upgrade_delete_and_recover_an_awkward_script(tmp_path, backend_url)
+
+
+async def test_awkward_text_is_kept_where_backslashes_are_escapes(
+    tmp_path: Path, pg_url: str
+) -> None:
+    # A server that reads a backslash in '...' as an escape (standard_conforming_strings off, as before
+    # PostgreSQL 9.1): the ledger's literals must mean the same there.
+    pg_admin(f'ALTER DATABASE "{pg_url.rsplit("/", 1)[1]}" SET standard_conforming_strings = off')
+    await _upgrade_delete_and_recover_an_awkward_script(tmp_path, pg_url)
+
+
+BRANCHED = [
+    ("r01", None, [CREATE_LOG, log_insert("r01")]),
+    ("r02a", "r01", [log_insert("r02a")]),
+    ("r02b", "r01", [log_insert("r02b")]),
+    ("r03", ("r02a", "r02b"), [log_insert("r03")]),
+]
+
+
+async def test_branches_and_merges_move_the_version_table_and_the_ledger_together(
+    tmp_path: Path, db_url: str
+) -> None:
+    # A branch inserts a version row, a merge deletes one and updates the other, base deletes the last:
+    # each must land in the version table exactly as Alembic says, with its ledger row.
+    migrations = await make_migrations(db_url, tmp_path / "migrations", BRANCHED)
+
+    async def versions() -> set[str]:
+        return {str(row[0]) for row in await run_query(db_url, VERSION)}
+
+    async with Migrator(db_url, None, migrations, stdout=None) as migrator:
+        await migrator.upgrade("r02a")
+        assert await versions() == {"r02a"}
+        await migrator.upgrade("r02b")
+        assert await versions() == {"r02a", "r02b"}
+        await migrator.upgrade("heads")
+        assert await versions() == {"r03"}
+        await migrator.downgrade("r01")
+        assert await versions() == {"r01"}
+        await migrator.downgrade("base")
+        assert await versions() == set()
+        entries = await migrator.log()
+    assert [(e.revision, e.direction) for e in reversed(entries)] == [
+        ("r01", "upgrade"), ("r02a", "upgrade"), ("r02b", "upgrade"), ("r03", "upgrade"),
+        ("r03", "downgrade"), *sorted([("r02a", "downgrade"), ("r02b", "downgrade")]),
+        ("r01", "downgrade"),
+    ] or [(e.revision, e.direction) for e in reversed(entries)][5:7] == [
+        ("r02b", "downgrade"), ("r02a", "downgrade"),
+    ]  # fmt: skip
+    assert len(entries) == 8
+
+
+@pytest.mark.parametrize("ledger", [True, False], ids=["ledger", "no-ledger"])
+async def test_a_revision_that_moves_the_version_row_itself_is_rolled_back(
+    tmp_path: Path, db_url: str, ledger: bool
+) -> None:
+    # Alembic's check that its UPDATE changed one row holds with the ledger as without it.
+    moves = 'op.execute("DELETE FROM alembic_version")'
+    revisions = [*chain(1), ("r02", "r01", [log_insert("r02"), moves])]
+    migrations = await make_migrations(db_url, tmp_path / "migrations", revisions)
+    async with Migrator(db_url, None, migrations, stdout=None, ledger=ledger) as migrator:
+        await migrator.upgrade("r01")
+        with pytest.raises(CommandError, match=r"expected to match one row.*0 found.*rolled back"):
+            await migrator.upgrade()
+        assert await migrator.current(quiet=True) == ("r01",)
+        if ledger:
+            assert [e.revision for e in await migrator.log()] == ["r01"]
+    assert await run_query(db_url, LOG_COUNTS) == [("r01", 1)]
+
+
+async def _held_on_a_migration_connection(
+    pg_url: str, work: Callable[[sa.Connection], None]
+) -> None:
+    """``work`` on a migration connection of ``pg_url`` (as the runner sets one up), holding the version
+    table's statements, in a transaction that ``work`` leaves to be committed."""
+    database = Database(pg_url)
+    try:
+        async with database.connect(time.monotonic() + 30) as connection:
+
+            def run(sync_connection: sa.Connection) -> None:
+                with asyncpg_simple_query.holding_version_statements(
+                    sync_connection, "alembic_version", None
+                ):
+                    with sync_connection.begin():
+                        work(sync_connection)
+
+            await connection.run_sync(run)
+    finally:
+        await database.aclose()
+
+
+def _move_version(connection: sa.Connection, from_: str, to: str) -> int:
+    version = sa.table("alembic_version", sa.column("version_num"))
+    statement = version.update().values(version_num=sa.literal_column(f"'{to}'"))
+    return connection.execute(
+        statement.where(version.c.version_num == sa.literal_column(f"'{from_}'"))
+    ).rowcount
+
+
+async def test_a_held_version_statement_is_sent_at_commit_at_the_latest(pg_url: str) -> None:
+    await execute(pg_url, "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+    await execute(pg_url, "INSERT INTO alembic_version VALUES ('a')")
+
+    def move(connection: sa.Connection) -> None:
+        assert _move_version(connection, "a", "b") == 1  # held: nothing sent yet
+        connection.exec_driver_sql("CREATE TABLE made_with_it (id int)")  # sends it first
+
+    await _held_on_a_migration_connection(pg_url, move)
+    assert await run_query(pg_url, VERSION) == [("b",)]
+
+    await _held_on_a_migration_connection(pg_url, lambda c: _move_version(c, "b", "c"))
+    assert await run_query(pg_url, VERSION) == [("c",)]  # sent by the commit itself
+
+
+async def test_a_version_statement_that_missed_is_never_committed(pg_url: str) -> None:
+    # Its row-count check fails while another statement runs; whoever ran that one swallows the error:
+    # the commit must still refuse, and take back everything of the transaction.
+    await execute(pg_url, "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+    await execute(pg_url, "INSERT INTO alembic_version VALUES ('a')")
+
+    def careless(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("CREATE TABLE made_with_it (id int)")
+        _move_version(connection, "not-a", "b")
+        with contextlib.suppress(Exception):
+            connection.exec_driver_sql("CREATE TABLE made_after_it (id int)")
+
+    with pytest.raises(AlembicCommandError, match=r"expected to match one row.*0 found"):
+        await _held_on_a_migration_connection(pg_url, careless)
+    assert await run_query(pg_url, VERSION) == [("a",)]
+    tables = await run_query(pg_url, "SELECT tablename FROM pg_tables WHERE tablename LIKE 'made%'")
+    assert tables == []
