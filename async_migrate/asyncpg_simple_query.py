@@ -132,18 +132,18 @@ _holding: weakref.WeakKeyDictionary[Connection, _Held] = weakref.WeakKeyDictiona
 
 @contextlib.contextmanager
 def holding_version_statements(
-    connection: Connection, version_table: str, schema: str | None
+    connection: Connection | None, version_table: str, schema: str | None
 ) -> Iterator[None]:
     """While in this block, Alembic's UPDATE or DELETE of a revision on the version table
-    ``schema.version_table`` waits on ``connection`` (a migration connection on asyncpg; elsewhere
-    this does nothing), so that the revision's ledger row can take it along in one round trip
+    ``schema.version_table`` waits on ``connection`` (a migration connection on asyncpg; elsewhere,
+    or None, this does nothing), so that the revision's ledger row can take it along in one round trip
     (:func:`take_held`): the ledger then costs no round trip of its own.
 
     A statement held is never lost or reordered: before any other statement on the connection, and
     before a commit, it is sent and its row count checked (one row, Alembic's own check, which was told
     one row to let it wait); a rollback forgets it, as the server would have.
     """
-    if not sends_simply(connection):
+    if connection is None or not sends_simply(connection):
         yield
         return
     _holding[connection] = _Held(version_table, schema)

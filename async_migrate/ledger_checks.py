@@ -10,8 +10,11 @@ bring back the missing ones; :func:`write_scripts` writes them, byte for byte, n
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
-from collections.abc import Iterable, Sequence
+import json
+import os
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING
 from . import script_heads
 from .errors import CommandError
 from .ledger import APPLYING, LedgerEntry, checksum
+from .squash import archived_scripts
 
 if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
@@ -152,19 +156,91 @@ def edited(
     return found
 
 
-# Checksums of script files by path, with the size and modification time they had: every upgrade
-# checks every applied script, and a long history (or the test kit's stairway) would read each again.
-_digests: dict[Path, tuple[int, int, str]] = {}
+async def edited_since_applied(
+    script: ScriptDirectory,
+    current: Sequence[str],
+    entries: Sequence[LedgerEntry],
+    stored_sources: Callable[[], Awaitable[dict[int, str]]],
+) -> list[tuple[LedgerEntry, Path]]:
+    """The revisions applied to a database at ``current`` whose script was edited after it ran (see
+    :func:`edited`): by checksum first, the stored scripts (``stored_sources()``) read only when one
+    differs. The checksums of unchanged files come from the last process (:func:`remembered_digests`)."""
+    applied = applied_revisions(script, current, entries)
+    disk = {}
+    for rev in applied:  # the applied scripts only: a walk of the whole history costs more
+        with contextlib.suppress(Exception):  # not in the scripts: nothing on disk to compare
+            found = script.get_revision(rev)
+            if found is not None and found.path:
+                disk[rev] = Path(found.path)
+    archived = archived_scripts(script_heads.locations_of(script) or ())
+    with remembered_digests(script.dir):
+        if not edited(applied, entries, disk, {}, archived):
+            return []
+    return edited(applied, entries, disk, await stored_sources(), archived)
+
+
+# Checksums of script files by path, with what a stat said of the file then (size, modification and
+# change times, inode): every upgrade checks every applied script, and a long history (or the test kit's
+# stairway) would read each again. The change time cannot be set back by hand or by an archive, so a
+# rewritten file of the same size and modification time (fixed-mtime builds) is still read again.
+_digests: dict[str, tuple[int, int, int, int, str]] = {}
+_new_digests: set[str] = set()
+
+#: Where :func:`remembered_digests` keeps the checksums between processes (inside the migrations folder).
+DIGESTS_FILE = ".async_migrate-digests.json"
+_DIGESTS_FORMAT = 1
 
 
 def _digest(path: Path) -> str:
     stat = path.stat()
-    known = _digests.get(path)
-    if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
-        return known[2]
+    key, seen = str(path), (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+    known = _digests.get(key)
+    if known is not None and known[:4] == seen:
+        return known[4]
     digest = checksum(path.read_bytes())
-    _digests[path] = (stat.st_size, stat.st_mtime_ns, digest)
+    _digests[key] = (*seen, digest)
+    _new_digests.add(key)
     return digest
+
+
+@contextlib.contextmanager
+def remembered_digests(directory: str | Path) -> Iterator[None]:
+    """Checksums of scripts computed in this block are written to ``directory``'s
+    :data:`DIGESTS_FILE`, and those written by an earlier process are used where the file is unchanged:
+    a deploy that adds one revision to a history of 1,000 reads one script, not 1,000."""
+    path = Path(directory) / DIGESTS_FILE
+    try:
+        stored = json.loads(path.read_text())
+        if stored.get("format") == _DIGESTS_FORMAT:
+            for key, (size, mtime, ctime, inode, digest) in stored["files"].items():
+                _digests.setdefault(
+                    key, (int(size), int(mtime), int(ctime), int(inode), str(digest))
+                )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # none yet, unreadable, or from another version: computed again
+    _new_digests.clear()
+    try:
+        yield
+    finally:
+        if _new_digests:
+            _new_digests.clear()
+            _write_digests(path)
+
+
+def _write_digests(path: Path) -> None:
+    # This folder's scripts only: the process may have checked another project's too.
+    under = os.path.join(os.path.abspath(path.parent), "")
+    files = {
+        key: list(value)
+        for key, value in _digests.items()
+        if os.path.abspath(key).startswith(under)
+    }
+    payload = json.dumps({"format": _DIGESTS_FORMAT, "files": files})
+    # A read-only deploy goes without; a temporary file and a rename never leave half a file.
+    with contextlib.suppress(OSError):
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(payload)
+        os.replace(temporary, path)
 
 
 def findings(

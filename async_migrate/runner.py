@@ -17,7 +17,6 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -45,12 +44,10 @@ from .errors import (
     connection_lost,
 )
 from .ledger import LedgerRecorder, ledger_of, read_ledger
-from .ledger_checks import applied_revisions, edited
+from .ledger_checks import edited_since_applied
 from .progress import AppliedRecorder, Progress
-from .script_heads import locations_of
 from .settings import MigrationSettings
 from .sqlite_runner import read_version_table, sqlite_file_url
-from .squash import archived_scripts
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -176,21 +173,19 @@ class MigrationRun:
         # Remember what a failing revision did that its rollback cannot undo: every statement where DDL
         # commits as it runs, those of an autocommit_block() elsewhere.
         transactional = connection.dialect.name in ("postgresql", "sqlite")
-        with contextlib.ExitStack() as stack:
-            if sync_connection is not None:
-                stack.enter_context(
-                    self.recorder.watching_statements(
-                        sync_connection, autocommit_only=transactional
-                    )
-                )
-                if self.ledger is not None:  # the ledger's row takes the version table's along
-                    stack.enter_context(
-                        asyncpg_simple_query.holding_version_statements(
-                            sync_connection,
-                            self.database.version_table,
-                            self.database.version_table_schema,
-                        )
-                    )
+        watching = (
+            self.recorder.watching_statements(sync_connection, autocommit_only=transactional)
+            if sync_connection is not None
+            else contextlib.nullcontext()
+        )
+        # On asyncpg the ledger's row takes each revision's version-table statement along.
+        database = self.database
+        carrying = asyncpg_simple_query.holding_version_statements(
+            sync_connection if self.ledger is not None else None,
+            database.version_table,
+            database.version_table_schema,
+        )
+        with watching, carrying:
             await self._migrate(connection)
         self.finished = True
         self.recorder.summarise()
@@ -511,14 +506,12 @@ class UpgradeRun(MigrationRun):
             entries, _ = await read_ledger(connection, table)
         if not entries:
             return
-        disk = {s.revision: Path(s.path) for s in self.scripts.walk_revisions() if s.path}
-        applied = applied_revisions(self.scripts, current, entries)
-        archived = archived_scripts(locations_of(self.scripts) or ())
-        if not edited(applied, entries, disk, {}, archived):  # by checksum: no stored script read
-            return
-        async with answered_within(connection, self.settings.bookkeeping_timeout):
-            _, sources = await read_ledger(connection, table, sources=True)
-        changed = edited(applied, entries, disk, sources, archived)
+
+        async def stored_sources() -> dict[int, str]:
+            async with answered_within(connection, self.settings.bookkeeping_timeout):
+                return (await read_ledger(connection, table, sources=True))[1]
+
+        changed = await edited_since_applied(self.scripts, current, entries, stored_sources)
         if not changed:
             return
         named = "; ".join(f"{entry.revision} ({path})" for entry, path in changed)

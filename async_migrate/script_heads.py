@@ -31,7 +31,7 @@ if (
     from alembic.script import ScriptDirectory
 
 CACHE_FILE = ".async_migrate-heads.json"
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 
 # Alembic's own rule for which files in a versions folder are revision scripts.
 _REVISION_FILE = re.compile(r"(?!\.\#|__init__)(.*\.py)$")
@@ -98,11 +98,16 @@ def version_paths(locations: Sequence[str]) -> frozenset[str]:
 def _fingerprint(files: list[tuple[int, os.DirEntry[str]]]) -> str:
     # One stat per file is the floor (an edited script must change the fingerprint); the rest is kept to
     # one pass and one hash call, since this runs at every start. Folders are named by position, not
-    # path: "./migrations" and "migrations" are the same scripts.
+    # path: "./migrations" and "migrations" are the same scripts. The change time and inode are in it
+    # because a rewrite can keep the size and the modification time (builds with fixed mtimes,
+    # ``touch -r``), but not those.
     lines = []
     for number, entry in files:
         stat = entry.stat()
-        lines.append(f"{number}\0{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n")
+        lines.append(
+            f"{number}\0{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}"
+            f"\0{stat.st_ino}\n"
+        )
     lines.sort()
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 

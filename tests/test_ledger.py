@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.util import CommandError as AlembicCommandError
 
-from async_migrate import Migrator, asyncpg_simple_query
+from async_migrate import Migrator, asyncpg_simple_query, ledger_checks
 from async_migrate.database import Database
 from async_migrate.errors import (
     CommandError,
@@ -40,6 +40,7 @@ from conftest import (
     execute,
     log_insert,
     make_migrations,
+    make_migrations_sync,
     pg_admin,
     rev_id,
     run_query,
@@ -533,3 +534,34 @@ async def test_a_version_statement_that_missed_is_never_committed(pg_url: str) -
     assert await run_query(pg_url, VERSION) == [("a",)]
     tables = await run_query(pg_url, "SELECT tablename FROM pg_tables WHERE tablename LIKE 'made%'")
     assert tables == []
+
+
+def test_checksums_are_kept_between_processes_and_an_edit_in_place_is_still_caught(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    # Each upgrade checks every applied script against the ledger; later processes reuse the checksums
+    # of unchanged files (.async_migrate-digests.json). A rewrite that keeps the size and the
+    # modification time (a build with fixed mtimes) must still be read again.
+    migrations = make_migrations_sync(sqlite_url, tmp_path / "migrations", chain(3))
+    cache = migrations / ledger_checks.DIGESTS_FILE
+    assert cli(sqlite_url, migrations, "upgrade", "r01").returncode == 0
+    assert cli(sqlite_url, migrations, "upgrade", "r02").returncode == 0
+    files = json.loads(cache.read_text())["files"]
+    assert [Path(path).name for path in files] == [script_of(migrations, 1).name]
+
+    first = script_of(migrations, 1)
+    before = first.stat()
+    first.write_text(
+        first.read_text().replace(
+            "def downgrade() -> None:\n    pass", "def downgrade() -> None:\n    1/0 "
+        )
+    )
+    os.utime(first, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert first.stat().st_size == before.st_size and first.stat().st_mtime_ns == before.st_mtime_ns
+    refused = cli(sqlite_url, migrations, "upgrade")
+    assert refused.returncode != 0 and "edited after they ran: r01" in refused.stderr
+
+    cache.write_text("{not json")  # a damaged cache is computed again, not trusted
+    refused = cli(sqlite_url, migrations, "upgrade")
+    assert refused.returncode != 0 and "edited after they ran: r01" in refused.stderr
+    assert cli(sqlite_url, migrations, "upgrade", "--allow-edited").returncode == 0

@@ -96,6 +96,19 @@ async def test_a_stale_cache_is_never_trusted(migrations: Path) -> None:
     assert cached_heads(script(migrations)) == ("a", "b")
 
 
+async def test_an_edit_that_keeps_size_and_mtime_is_seen(migrations: Path) -> None:
+    # A build with fixed modification times, or `touch -r`: only the change time tells.
+    write_rev(migrations, "a", None)
+    write_rev(migrations, "b", "a")
+    path = write_rev(migrations, "c", "a")
+    assert cached_heads(script(migrations)) == ("b", "c")
+    before = path.stat()
+    path.write_text(path.read_text().replace("down_revision = 'a'", "down_revision = 'b'"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert cached_heads(script(migrations)) == ("c",)
+
+
 async def test_upgrade_never_misses_an_added_edited_or_removed_script(
     migrations: Path, sqlite_url: str
 ) -> None:
