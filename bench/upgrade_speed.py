@@ -1142,22 +1142,33 @@ def _child_ours_upgrade(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _time_the_ledger() -> list[float]:
-    """Time spent in the ledger's ``on_version_apply`` callback from now on, in seconds (one number in
-    a list, added to as the upgrade runs). On asyncpg the callback also sends the revision's version
-    table UPDATE, which it carries: the time is an upper bound of what the ledger adds."""
+    """Seconds spent, from now on, on what the ledger changes (one number in a list, added to as the
+    upgrade runs): in its ``on_version_apply`` callback, which on asyncpg also sends the revision's
+    version-table UPDATE along with its row; with the ledger off, in sending those UPDATEs (their round
+    trips) instead. The difference between the two is what the ledger adds to an upgrade."""
+    from async_migrate import asyncpg_simple_query
     from async_migrate.ledger import LedgerRecorder
 
     spent = [0.0]
-    record = LedgerRecorder.__call__
+    record, run = LedgerRecorder.__call__, asyncpg_simple_query._run
 
-    def timed(self: LedgerRecorder, **kwargs: Any) -> None:
+    def timed_record(self: LedgerRecorder, **kwargs: Any) -> None:
         start = time.perf_counter()
         try:
             record(self, **kwargs)
         finally:
             spent[0] += time.perf_counter() - start
 
-    LedgerRecorder.__call__ = timed  # type: ignore[method-assign]
+    async def timed_run(cursor: Any, statement: str) -> None:
+        start = time.perf_counter()
+        try:
+            await run(cursor, statement)
+        finally:
+            if statement.startswith(("UPDATE alembic_version ", "DELETE FROM alembic_version ")):
+                spent[0] += time.perf_counter() - start
+
+    LedgerRecorder.__call__ = timed_record  # type: ignore[method-assign]
+    asyncpg_simple_query._run = timed_run
     return spent
 
 
