@@ -169,8 +169,9 @@ def measure_deploy(env: Environment, history: History, repetitions: int, samples
             await migrator.downgrade("-1")
 
     asyncio.run(step_back())
-    shutil.copyfile(behind, env.scratch("deploy-warmup.db"))
-    _ours_upgrade(env, env.sqlite_url(env.scratch("deploy-warmup.db")), history, 1, preload=True)
+    warmup = env.scratch("deploy-warmup.db")
+    shutil.copyfile(behind, warmup)
+    _ours_upgrade(env, env.sqlite_url(warmup), history, 1, preload=True)
     for repetition in range(1, repetitions + 1):
         line = []
         for mode in MODES if repetition % 2 else reversed(MODES):
