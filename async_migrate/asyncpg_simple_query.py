@@ -158,16 +158,18 @@ def holding_version_statements(
         _holding.pop(connection, None)
 
 
-def take_held(connection: Connection) -> list[str]:
-    """The version-table statements waiting on ``connection``, now the caller's to send and to check
-    with :func:`check_version_rows`."""
+def take_held(connection: Connection) -> str | None:
+    """The version-table statement waiting on ``connection``, now the caller's to send and to check
+    with :func:`check_version_rows`; None when none is, or several are (a merge deletes one row and
+    updates another: those go on their own, before the next statement)."""
     held = _holding.get(connection)
     if held is None:
-        return []
+        return None
     if held.failure is not None:
         raise held.failure
-    statements, held.statements = held.statements, []
-    return statements
+    if len(held.statements) != 1:
+        return None
+    return held.statements.pop()
 
 
 def check_version_rows(statement: str, found: int) -> None:

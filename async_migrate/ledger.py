@@ -215,7 +215,8 @@ class LedgerRecorder:
     def __init__(self, table: sa.Table, started_at: Sequence[str] = ()) -> None:
         self.table = table
         self._statement = table.insert()
-        self._literal: tuple[sa.Dialect, dict[str, Any], str, list[str], str] | None = None
+        # The INSERT's start, the row's own columns and who ran it, rendered once per run (_prepare).
+        self._literal: tuple[str, list[str], str] | None = None
         self.started_at = tuple(started_at)
         self._context: MigrationContext | None = None
         self._who: dict[str, Any] = {}
@@ -280,7 +281,7 @@ class LedgerRecorder:
             )
 
     def _prepare(self, ctx: MigrationContext, step: MigrationInfo) -> None:
-        self._who = _who()
+        self._who, self._literal = _who(), None
         if ctx.as_sql:
             self._who["application"] = f"{self._who['application']} (--sql)"[:255]
             ctx.execute(sa.schema.CreateTable(self.table, if_not_exists=True))
@@ -334,32 +335,21 @@ class LedgerRecorder:
         the ledger adds no round trip. With parameters, asyncpg would prepare the INSERT again for every
         revision (the adapter drops its prepared statements after any DDL): three more round trips.
         """
-        insert = self._literal_insert(connection.dialect, row)
+        into, literals = self._literal_insert(connection.dialect, row)
         held = asyncpg_simple_query.take_held(connection)
         rowless = {asyncpg_simple_query.ROWLESS: True}
-        if len(held) == 1:
-            # A WITH that changes rows runs once, whatever the rest does; the row is inserted once per
-            # version row changed, which the count tells.
-            into, literals = insert
-            statement = f"WITH moved AS ({held[0]} RETURNING 1) {into} SELECT {literals} FROM moved"
-            found = connection.exec_driver_sql(statement, execution_options=rowless).rowcount
-            asyncpg_simple_query.check_version_rows(held[0], found)
+        if held is None:  # nothing held, or a merge's statements, which go first on their own
+            connection.exec_driver_sql(f"{into} VALUES ({literals})", execution_options=rowless)
             return
-        for version_statement in held:  # a merge deletes and updates: each one checked on its own
-            found = connection.exec_driver_sql(
-                version_statement, execution_options=rowless
-            ).rowcount
-            asyncpg_simple_query.check_version_rows(version_statement, found)
-        connection.exec_driver_sql(f"{insert[0]} VALUES ({insert[1]})", execution_options=rowless)
+        # A WITH that changes rows runs once, whatever the rest does; the row is inserted once per
+        # version row changed, which the count tells.
+        statement = f"WITH moved AS ({held} RETURNING 1) {into} SELECT {literals} FROM moved"
+        found = connection.exec_driver_sql(statement, execution_options=rowless).rowcount
+        asyncpg_simple_query.check_version_rows(held, found)
 
     def _literal_insert(self, dialect: sa.Dialect, row: dict[str, Any]) -> tuple[str, str]:
-        """``INSERT INTO ledger (columns)`` and the row's values as PostgreSQL literals (who ran it:
-        rendered once per run)."""
-        if (
-            self._literal is None
-            or self._literal[0] is not dialect
-            or self._literal[1] is not self._who
-        ):
+        """``INSERT INTO ledger (columns)`` and the row's values as PostgreSQL literals."""
+        if self._literal is None:
             preparer = dialect.identifier_preparer
             names = [column.name for column in self.table.columns if column.name != "id"]
             own = [name for name in names if name not in self._who]
@@ -367,8 +357,8 @@ class LedgerRecorder:
             quoted = ", ".join(preparer.quote(name) for name in own + who)
             into = f"INSERT INTO {preparer.format_table(self.table)} ({quoted})"
             who_values = "".join(f", {_postgres_literal(self._who[name])}" for name in who)
-            self._literal = (dialect, self._who, into, own, who_values)
-        _, _, into, own, who_values = self._literal
+            self._literal = (into, own, who_values)
+        into, own, who_values = self._literal
         return into, ", ".join(_postgres_literal(row.get(name)) for name in own) + who_values
 
 

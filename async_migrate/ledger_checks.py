@@ -237,12 +237,7 @@ def _write_digests(path: Path) -> None:
     files = {
         key: value for key, value in _digests.items() if os.path.abspath(key).startswith(under)
     }
-    payload = json.dumps({"format": _DIGESTS_FORMAT, "files": files})
-    # A read-only deploy goes without; a temporary file and a rename never leave half a file.
-    with contextlib.suppress(OSError):
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(payload)
-        os.replace(temporary, path)
+    script_heads.write_cache_file(path, {"format": _DIGESTS_FORMAT, "files": files})
 
 
 def findings(

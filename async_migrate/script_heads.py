@@ -238,17 +238,25 @@ def remember_heads(script: ScriptDirectory, heads: Iterable[str], fingerprint: s
 
 
 def _write(path: Path, fingerprint: str, heads: Heads) -> None:
-    payload = json.dumps(
+    write_cache_file(
+        path,
         {
             "format": CACHE_FORMAT,
             "fingerprint": fingerprint,
             "heads": list(heads.heads),
             "current_lines": heads.current_lines,
             "revisions": sorted(heads.revisions),
-        }
+        },
     )
-    # A read-only deploy simply goes without the cache; a temp file + rename never leaves half a file.
-    with contextlib.suppress(OSError):
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(payload)
+
+
+def write_cache_file(path: Path, content: dict[str, object]) -> None:
+    """Write a cache file of the migrations folder as JSON, whole or not at all. A read-only deploy
+    simply goes without it; a temporary file and a rename never leave half a file."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(json.dumps(content))
         os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
